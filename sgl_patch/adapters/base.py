@@ -1,0 +1,77 @@
+"""What the core needs to know about a family, with the defaults most families share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    class_names: tuple[str, ...]
+    # dotted path from the VLM to its language model (the module that owns ``layers``)
+    language_model_path: str
+    # config attributes that hold the ids of visual placeholder tokens in ``input_ids``
+    visual_token_id_attrs: tuple[str, ...]
+    # model inputs that are aligned with ``input_ids`` position by position
+    token_aligned_keys: tuple[str, ...] = ()
+
+    # -- where things are ---------------------------------------------------------------
+    def language_model(self, model):
+        module = model
+        for part in self.language_model_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    def decoder_layers(self, model) -> list:
+        return list(self.language_model(model).layers)
+
+    def attention_modules(self, model) -> list:
+        return [layer.self_attn for layer in self.decoder_layers(model)]
+
+    def text_config(self, model):
+        return self.language_model(model).config
+
+    # -- which tokens are visual ---------------------------------------------------------
+    def visual_token_ids(self, model) -> list[int]:
+        ids = [getattr(model.config, attr, None) for attr in self.visual_token_id_attrs]
+        return [i for i in ids if i is not None]
+
+    def visual_mask(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean ``[batch, seq]``: True where ``input_ids`` hold a visual placeholder."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in self.visual_token_ids(model):
+            mask |= input_ids == token_id
+        return mask
+
+    # -- batches ---------------------------------------------------------------------------
+    def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
+        """The model inputs of the samples ``index`` (a 1-D long tensor), in that order.
+
+        Tensors with one row per sample are indexed directly; a family whose visual inputs are
+        not per-sample rows (flattened patches, per-image grids) overrides this.
+        """
+        batch = inputs["input_ids"].shape[0]
+        out = {}
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+                out[key] = value.index_select(0, index.to(value.device))
+            else:
+                out[key] = value
+        return out
+
+    def extend_inputs(self, inputs: dict, new_tokens: torch.Tensor, new_mask: torch.Tensor) -> dict:
+        """Inputs for a teacher-forced pass over prompt + ``new_tokens`` (text, appended)."""
+        out = dict(inputs)
+        out["input_ids"] = torch.cat([inputs["input_ids"], new_tokens], dim=1)
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(inputs["input_ids"])
+        out["attention_mask"] = torch.cat([mask, new_mask.to(mask.dtype)], dim=1)
+        for key in self.token_aligned_keys:
+            if inputs.get(key) is not None:
+                value = inputs[key]
+                out[key] = torch.cat([value, value.new_zeros(new_tokens.shape)], dim=1)
+        return out

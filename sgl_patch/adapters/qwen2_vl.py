@@ -1,0 +1,66 @@
+"""Qwen2-VL and Qwen2.5-VL (native transformers classes).
+
+Visual tokens are ``image_token_id`` / ``video_token_id`` placeholders in ``input_ids``.  The
+processor flattens every image's patches into one ``pixel_values`` tensor (``prod(grid_thw)``
+rows per image) and each image becomes ``prod(grid_thw) / spatial_merge_size**2`` tokens, so
+splitting a batch into samples walks the images in order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter
+
+# per modality: (placeholder id attribute, patches key, grid key, other per-item keys)
+_MODALITIES = (
+    ("image_token_id", "pixel_values", "image_grid_thw", ()),
+    ("video_token_id", "pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",)),
+)
+
+
+class Qwen2VLAdapter(Adapter):
+    def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
+        per_item_keys = {k for m in _MODALITIES for k in (m[1], m[2], *m[3])}
+        rows = {k: v for k, v in inputs.items() if k not in per_item_keys}
+        out = super().select_samples(model, rows, index)
+        merge = model.config.vision_config.spatial_merge_size ** 2
+        for token_attr, patches_key, grid_key, extra_keys in _MODALITIES:
+            grid = inputs.get(grid_key)
+            if grid is None:
+                continue
+            per_sample = (inputs["input_ids"] == getattr(model.config, token_attr)).sum(1).tolist()
+            tokens_per_item = (grid.prod(-1) // merge).tolist()
+            patches_per_item = grid.prod(-1).tolist()
+            # items of sample i: consume items until their tokens add up to its placeholder count
+            items_of, item = [], 0
+            for count in per_sample:
+                first = item
+                while count > 0:
+                    count -= tokens_per_item[item]
+                    item += 1
+                items_of.append(range(first, item))
+            chosen = [i for s in index.tolist() for i in items_of[s]]
+            starts = [0]
+            for n in patches_per_item:
+                starts.append(starts[-1] + n)
+            if inputs.get(patches_key) is not None:
+                patches = inputs[patches_key]
+                parts = [patches[starts[i]:starts[i + 1]] for i in chosen]
+                out[patches_key] = torch.cat(parts) if parts else patches[:0]
+            out[grid_key] = grid[chosen] if chosen else None
+            for key in extra_keys:
+                if inputs.get(key) is not None:
+                    out[key] = inputs[key][chosen]
+            if not chosen:
+                out[patches_key] = None
+        return out
+
+
+ADAPTER = Qwen2VLAdapter(
+    family="qwen2_vl",
+    class_names=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
+    language_model_path="model.language_model",
+    visual_token_id_attrs=("image_token_id", "video_token_id"),
+    token_aligned_keys=("mm_token_type_ids",),
+)

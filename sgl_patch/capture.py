@@ -1,0 +1,282 @@
+"""Importance capture: attention that visual tokens receive in the small model, summed cheaply.
+
+While a capture session runs, every entry of transformers' attention dispatch table (SDPA, the
+FlashAttention family, flex, and ``eager``, which is not in the table but is looked up by that
+key) is replaced in place by a wrapper that first calls the original - so the model keeps its
+backend and its padding masks - then, for the small model's text attention modules only, adds
+
+    sum over heads and selected query rows of softmax(q k^T * scaling + mask)[rows, visual]
+
+computed for the selected rows only (prefill: text tokens after the first visual token; decode:
+the newest token), in float32 and never as a full L x L matrix.  Outside a session the table
+holds the originals and nothing of ours runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from . import state as model_state
+
+_install_lock = threading.Lock()
+_install_count = 0
+_saved_local: dict[str, object] = {}
+_MISSING = object()
+# id(attention module) -> the session that records it
+_sessions_by_module: dict[int, "CaptureSession"] = {}
+
+
+@dataclass
+class Importance:
+    """What the small model says about the visual tokens of each sample.
+
+    ``prefill``/``decode``/``scores``: float32 ``[batch, max_visual]``, each row's visual tokens in
+    sequence order, zero-padded at the end; ``n_visual``: ``[batch]`` counts;
+    ``confidence``: ``[batch]`` length-normalised probability of the greedy answer (SEE);
+    ``sequences``: the small model's generate output (prompt + answer).
+    """
+
+    sequences: torch.Tensor
+    prefill: torch.Tensor
+    decode: torch.Tensor
+    n_visual: torch.Tensor
+    confidence: torch.Tensor
+    prompt_length: int = 0
+    answer_mask: torch.Tensor | None = None  # [batch, new tokens]: True up to each first end token
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self.prefill + self.decode
+
+    def select(self, index: torch.Tensor) -> "Importance":
+        index = index.to(self.prefill.device)
+        mask = self.answer_mask[index] if self.answer_mask is not None else None
+        return Importance(self.sequences[index], self.prefill[index], self.decode[index],
+                          self.n_visual[index], self.confidence[index], self.prompt_length, mask)
+
+
+def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions where ``mask`` is True, per row, in order: ``[b, max_count]`` and validity."""
+    counts = mask.sum(1)
+    width = int(counts.max()) if mask.numel() else 0
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, 0), valid
+
+
+class CaptureSession:
+    """Accumulates ``A_P`` and ``A_D`` for one ``generate`` call of one model."""
+
+    def __init__(self, model, adapter):
+        self.model, self.adapter = model, adapter
+        self.module_ids = [id(m) for m in adapter.attention_modules(model)]
+        self.forwards = 0
+        self.prefill = self.decode = None
+        self.visual_index = self.visual_valid = self.n_visual = None
+        self.rows = None  # (row index [b,R], row valid [b,R], row position in kv coordinates [b,R])
+        self.key_valid = None
+
+    # -- called by the model-forward wrapper ----------------------------------------------
+    def begin_forward(self, call: dict) -> None:
+        input_ids = call.get("input_ids")
+        mask = call.get("attention_mask")
+        cache = call.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        if input_ids is None:
+            raise ValueError("importance capture needs input_ids to locate visual tokens; "
+                             "call the small model with input_ids, not inputs_embeds")
+        batch, q_len = input_ids.shape
+        device = input_ids.device
+        if mask is None:
+            mask = torch.ones(batch, past + q_len, dtype=torch.bool, device=device)
+        elif not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            raise NotImplementedError("importance capture needs a 2D attention_mask (or none); "
+                                      "precomputed 4D masks are not supported")
+        self.key_valid = mask.to(device=device, dtype=torch.bool)
+        if self.forwards == 0:
+            visual = self.adapter.visual_mask(self.model, input_ids)
+            self.n_visual = visual.sum(1)
+            self.visual_index, self.visual_valid = _padded_positions(visual)
+            self.visual_index = self.visual_index + past
+            after_first_visual = visual.cumsum(1) > 0
+            text_rows = ~visual & self.key_valid[:, past:past + q_len] & after_first_visual
+            rows, valid = _padded_positions(text_rows)
+            self.rows = (rows, valid, rows + past)
+            self.prefill = torch.zeros(self.visual_index.shape, dtype=torch.float32, device=device)
+            self.decode = torch.zeros_like(self.prefill)
+            self.target = self.prefill
+        else:
+            last = torch.full((batch, 1), q_len - 1, dtype=torch.long, device=device)
+            self.rows = (last, torch.ones_like(last, dtype=torch.bool), last + past)
+            self.target = self.decode
+        self.forwards += 1
+
+    # -- called by the attention wrapper --------------------------------------------------
+    def record(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+        row_index, row_valid, row_pos = self.rows
+        n_rows, n_vis = row_index.shape[1], self.visual_index.shape[1]
+        if n_rows == 0 or n_vis == 0:
+            return
+        batch, heads, _, dim = query.shape
+        kv_heads, kv_len = key.shape[1], key.shape[2]
+        groups = heads // kv_heads
+        scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or dim ** -0.5
+        q_sel = query.gather(2, row_index[:, None, :, None].expand(batch, heads, n_rows, dim))
+        # grouped-query attention without repeating keys: heads of one kv group share its keys
+        q_sel = q_sel.float().reshape(batch, kv_heads, groups * n_rows, dim)
+        logits = torch.matmul(q_sel, key.float().transpose(-1, -2)).mul_(scaling)
+        logits = logits.view(batch, kv_heads, groups, n_rows, kv_len)
+        softcap = kwargs.get("softcap")
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        key_valid = self.key_valid
+        if key_valid.shape[1] < kv_len:  # static caches: slots past the mask are empty
+            key_valid = torch.nn.functional.pad(key_valid, (0, kv_len - key_valid.shape[1]))
+        causal = torch.arange(kv_len, device=key.device)[None, None, :] <= row_pos[:, :, None]
+        allowed = key_valid[:, None, :kv_len] & causal
+        logits.masked_fill_(~allowed[:, None, None], float("-inf"))
+        probs = logits.softmax(-1)
+        visual = probs.gather(-1, self.visual_index[:, None, None, None, :].expand(
+            batch, kv_heads, groups, n_rows, n_vis))
+        visual = torch.where(row_valid[:, None, None, :, None], visual, 0.0).sum((1, 2, 3))
+        self.target += torch.where(self.visual_valid, visual, 0.0)
+
+
+def _capturing_attention(original):
+    def attention(module, query, key, value, attention_mask=None, **kwargs):
+        impl = original
+        if impl is None:  # "eager": each modeling file has its own eager function
+            impl = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        out = impl(module, query, key, value, attention_mask, **kwargs)
+        session = _sessions_by_module.get(id(module))
+        if session is not None:
+            session.record(module, query, key, kwargs)
+        return out
+
+    attention.__sgl_original__ = original
+    return attention
+
+
+def _install_attention_wrappers() -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as table
+
+    global _install_count
+    with _install_lock:
+        _install_count += 1
+        if _install_count > 1:
+            return
+        for key in list(table.keys()) + ["eager"]:
+            _saved_local[key] = table._local_mapping.get(key, _MISSING)
+            original = table[key] if key in table else None
+            table[key] = _capturing_attention(original)
+
+
+def _remove_attention_wrappers() -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as table
+
+    global _install_count
+    with _install_lock:
+        _install_count -= 1
+        if _install_count > 0:
+            return
+        for key, previous in _saved_local.items():
+            if previous is _MISSING:
+                table._local_mapping.pop(key, None)
+            else:
+                table._local_mapping[key] = previous
+        _saved_local.clear()
+
+
+@contextmanager
+def capturing(model):
+    """Record importance on ``model`` for the duration; yields the ``CaptureSession``."""
+    state = model_state.attach(model)
+    if state.capture is not None:
+        raise RuntimeError("importance is already being captured on this model")
+    session = CaptureSession(model, state.adapter)
+    state.capture = session
+    for module_id in session.module_ids:
+        _sessions_by_module[module_id] = session
+    _install_attention_wrappers()
+    try:
+        yield session
+    finally:
+        _remove_attention_wrappers()
+        for module_id in session.module_ids:
+            _sessions_by_module.pop(module_id, None)
+        state.capture = None
+        model_state.detach_if_idle(model)
+
+
+def answer_mask(new_tokens: torch.Tensor, eos_token_ids) -> torch.Tensor:
+    """True for generated tokens up to and including each row's first end token."""
+    eos = torch.tensor(sorted(eos_token_ids), device=new_tokens.device)
+    is_eos = torch.isin(new_tokens, eos) if eos.numel() else torch.zeros_like(new_tokens, dtype=torch.bool)
+    ended_before = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return ~ended_before
+
+
+def eos_ids(eos) -> set[int]:
+    """End-token ids as a set, from an id, a list of ids or None."""
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+
+
+def confidence_from_logits(step_logits, new_tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """exp(mean log p) of each row's answer under the raw (unprocessed) model logits."""
+    logits = torch.stack([s.float() for s in step_logits], dim=1)  # [b, T, vocab]
+    logp = logits.log_softmax(-1).gather(-1, new_tokens[..., None].to(logits.device)).squeeze(-1)
+    logp = torch.where(valid, logp, 0.0)
+    count = valid.sum(1).clamp(min=1)
+    return torch.exp(logp.sum(1) / count)
+
+
+def generate_with_importance(model, generate_fn, inputs: dict, settings: dict) -> Importance:
+    """Run ``generate_fn`` (the model's generate) under capture and collect everything SEE needs.
+
+    ``settings`` are generate's keyword arguments; a ``generation_config`` among them is merged
+    with the rest into one config, so the small model decodes as the call asked (greedy when the
+    call is greedy) with one answer per sample.
+    """
+    settings = dict(settings)
+    settings.pop("streamer", None)
+    config = copy.deepcopy(settings.pop("generation_config", None) or model.generation_config)
+    settings.update(num_beams=1, num_return_sequences=1, return_dict_in_generate=True,
+                    output_logits=True, output_scores=False, output_attentions=False,
+                    output_hidden_states=False)
+    other = config.update(**settings)  # returns what is not a generation option
+    with capturing(model) as session:
+        out = generate_fn(**inputs, generation_config=config, **other)
+    prompt_length = inputs["input_ids"].shape[1]
+    new_tokens = out.sequences[:, prompt_length:]
+    valid = answer_mask(new_tokens, eos_ids(config.eos_token_id))
+    confidence = (confidence_from_logits(out.logits, new_tokens, valid) if new_tokens.shape[1]
+                  else torch.ones(new_tokens.shape[0]))
+    return Importance(out.sequences, session.prefill, session.decode, session.n_visual,
+                      confidence, prompt_length, valid)
+
+
+def importance(small_model, max_new_tokens: int = 32, **inputs) -> Importance:
+    """Greedy-generate with ``small_model`` and return the importance of every visual token.
+
+    ``inputs`` are the processor's outputs (``input_ids``, ``attention_mask``, ``pixel_values``,
+    ...).  Scores are post-softmax attention summed over all layers and heads of the language
+    model: from text tokens after the first visual token during prefill, and from every forward
+    pass of decoding.
+    """
+    state = model_state.attach(small_model)
+    state.bypass += 1
+    try:
+        return generate_with_importance(small_model, small_model.generate, inputs,
+                                        {"max_new_tokens": max_new_tokens, "do_sample": False})
+    finally:
+        state.bypass -= 1
+        model_state.detach_if_idle(small_model)
+

@@ -1,0 +1,31 @@
+"""SEE: small-model early exit - decision scores and the per-sample decision."""
+
+from __future__ import annotations
+
+import torch
+
+from .capture import Importance
+from .prune import pruned
+
+
+def consistency(small_model, adapter, importance: Importance, inputs: dict, retain: float) -> torch.Tensor:
+    """prod_i p(answer_i | small model keeping only the top ``retain`` visual tokens from layer 0).
+
+    One teacher-forced pass over prompt + answer.  Text is never dropped and rows are
+    right-aligned, so the answer's predictions are the last N+1 positions of the logits.
+    """
+    answer = importance.sequences[:, importance.prompt_length:]
+    n_answer = answer.shape[1]
+    if n_answer == 0:
+        return torch.ones(answer.shape[0])
+    valid = importance.answer_mask
+    forced = adapter.extend_inputs(inputs, answer, valid)
+    with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain):
+        logits = small_model(**forced, use_cache=False, logits_to_keep=n_answer + 1).logits
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, answer[..., None].to(logits.device)).squeeze(-1)
+    return torch.exp(torch.where(valid.to(logp.device), logp, 0.0).sum(1))
+
+
+def decision_scores(importance: Importance, consistency_scores: torch.Tensor) -> torch.Tensor:
+    """S = (S_confidence + S_consistency) / 2, per sample."""
+    return (importance.confidence.float().cpu() + consistency_scores.float().cpu()) / 2

@@ -1,0 +1,185 @@
+"""One ``generate`` call of a patched large model.
+
+small model (with importance capture) -> SEE decision per sample -> pruned large model on the
+samples that did not exit -> results merged back in input order, padded as ``generate`` pads.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import state as model_state
+from .capture import generate_with_importance
+from .config import SGLConfig
+from .exit import consistency, decision_scores
+from .prune import keep_count, pruned
+from .records import StatsLog
+
+logger = logging.getLogger("sgl_patch")
+
+# generate() settings that are not per-sample model inputs even when they are tensors
+_SETTING_KEYS = {"generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
+                 "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids",
+                 "negative_prompt_attention_mask", "custom_generate", "tokenizer", "past_key_values"}
+
+
+@dataclass
+class Applied:
+    config: SGLConfig
+    small_model: object
+    layer: int
+    stats: StatsLog = field(default_factory=StatsLog)
+    warned: set = field(default_factory=set)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            logger.warning(message)
+
+
+def _split_call(wrapped, args, kwargs) -> tuple[dict, dict]:
+    """(model inputs, generation settings) of a ``generate`` call."""
+    call = model_state.bind_arguments(wrapped, args, kwargs)
+    if "inputs" in call:
+        call["input_ids"] = call.pop("inputs")
+    inputs, settings = {}, {}
+    for key, value in call.items():
+        is_input = key not in _SETTING_KEYS and (isinstance(value, torch.Tensor) or value is None)
+        (inputs if is_input else settings)[key] = value
+    return {k: v for k, v in inputs.items() if v is not None}, settings
+
+
+def _on(device, inputs: dict) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def generate(model, state, wrapped, args, kwargs):
+    applied: Applied = state.applied
+    adapter = state.adapter
+    inputs, settings = _split_call(wrapped, args, kwargs)
+    input_ids = inputs.get("input_ids")
+    if input_ids is None:
+        applied.warn_once("no-ids", "sgl_patch: generate() without input_ids cannot locate visual tokens; "
+                                    "running the large model unchanged")
+        return wrapped(*args, **kwargs)
+    visual = adapter.visual_mask(model, input_ids)
+    if not visual.any():  # text-only prompts pass through untouched
+        out = wrapped(*args, **kwargs)
+        for _ in range(input_ids.shape[0]):
+            applied.stats.add(_record(0, 0, None, False, None, 0.0, None))
+        return out
+
+    config = applied.config
+    small = applied.small_model
+    generation_config = settings.get("generation_config") or model.generation_config
+    n_return = settings.get("num_return_sequences", generation_config.num_return_sequences) or 1
+
+    # 1. small model: answer + importance (+ SEE scores)
+    started = time.perf_counter()
+    small_settings = {k: v for k, v in settings.items() if k != "streamer"}
+    small_settings["generation_config"] = generation_config
+    small_inputs = _on(small.device, inputs)
+    with torch.no_grad():
+        imp = generate_with_importance(small, small.generate, small_inputs, small_settings)
+    n_visual = visual.sum(1).cpu()
+    if not torch.equal(imp.n_visual.cpu(), n_visual):
+        row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])
+        from .prune import _count_error
+        raise ValueError(_count_error(int(imp.n_visual[row]), int(n_visual[row]), row))
+
+    batch = input_ids.shape[0]
+    exited = torch.zeros(batch, dtype=torch.bool)
+    exit_scores = None
+    if config.exit_threshold is not None:
+        if n_return > 1:
+            applied.warn_once("nrs", "sgl_patch: early exit is skipped when num_return_sequences > 1 "
+                                     "(the small model gives one answer per sample)")
+        else:
+            with torch.no_grad():
+                cons = consistency(small, adapter, imp, small_inputs, config.consistency_retain)
+            exit_scores = decision_scores(imp, cons)
+            exited = exit_scores >= config.exit_threshold
+    small_seconds = time.perf_counter() - started
+
+    # 2. large model, pruned, on the samples that did not exit
+    started = time.perf_counter()
+    remaining = (~exited).nonzero().squeeze(1)
+    large_out, plan = None, None
+    if remaining.numel():
+        sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
+            model, inputs, remaining.to(input_ids.device))
+        sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
+        sub_imp = copy.copy(sub_imp)
+        sub_imp.prefill, sub_imp.decode = sub_imp.prefill.to(input_ids.device), sub_imp.decode.to(input_ids.device)
+        with pruned(model, sub_imp, layer=applied.layer, retain=config.retain) as run:
+            large_out = wrapped(**sub_inputs, **settings)
+        plan = run.plans[0] if run.plans else None
+    large_seconds = time.perf_counter() - started
+
+    # 3. records and merged output
+    kept = {}
+    if plan is not None:
+        step = plan.n_kept.shape[0] // max(1, remaining.numel())
+        for i, sample in enumerate(remaining.tolist()):
+            kept[sample] = int(plan.n_kept[i * step])
+    for i in range(batch):
+        score = None if exit_scores is None else float(exit_scores[i])
+        n_kept = int(n_visual[i]) if exited[i] else kept.get(i, keep_count(int(n_visual[i]), config.retain))
+        applied.stats.add(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
+                                  small_seconds, 0.0 if exited[i] else large_seconds, batch))
+    if not exited.any():
+        return large_out
+    streamer = settings.get("streamer")
+    if streamer is not None and exited.all():
+        _replay_to_streamer(streamer, imp)
+    return _merge(model, settings, generation_config, imp, exited, remaining, large_out, applied)
+
+
+def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1) -> dict:
+    return {"n_visual": n_visual, "n_kept": n_kept, "layer": layer, "exited": exited,
+            "exit_score": score, "small_seconds": small_s, "large_seconds": large_s, "batch_size": batch}
+
+
+def _replay_to_streamer(streamer, imp) -> None:
+    """A streamer sees the small model's answer as if the large model had produced it (batch 1)."""
+    streamer.put(imp.sequences[:, :imp.prompt_length].cpu())
+    answer = imp.sequences[0, imp.prompt_length:]
+    for token in answer[imp.answer_mask[0]].tolist():
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+
+
+def _merge(model, settings, generation_config, imp, exited, remaining, large_out, applied):
+    return_dict = settings.get("return_dict_in_generate", generation_config.return_dict_in_generate)
+    pad = settings.get("pad_token_id", generation_config.pad_token_id)
+    if pad is None:
+        eos = settings.get("eos_token_id", generation_config.eos_token_id)
+        pad = eos[0] if isinstance(eos, (list, tuple)) else (eos if eos is not None else 0)
+    large_sequences = None
+    if large_out is not None:
+        large_sequences = large_out.sequences if hasattr(large_out, "sequences") else large_out
+    device = large_sequences.device if large_sequences is not None else imp.sequences.device
+    rows, large_row = [], 0
+    small_answers = torch.where(imp.answer_mask, imp.sequences[:, imp.prompt_length:], pad)
+    for i in range(exited.shape[0]):
+        if exited[i]:
+            rows.append(torch.cat([imp.sequences[i, :imp.prompt_length], small_answers[i]]).to(device))
+        else:
+            rows.append(large_sequences[large_row].to(device))
+            large_row += 1
+    width = max(r.shape[0] for r in rows)
+    sequences = torch.full((len(rows), width), int(pad), dtype=rows[0].dtype, device=device)
+    for i, r in enumerate(rows):
+        sequences[i, :r.shape[0]] = r
+    if not return_dict:
+        return sequences
+    if large_out is not None and not exited.all():
+        applied.warn_once("dict", "sgl_patch: when some samples exit early, generate's per-step outputs "
+                                  "(scores, logits, attentions) are not merged; only sequences are returned")
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+    return GenerateDecoderOnlyOutput(sequences=sequences)

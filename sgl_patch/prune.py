@@ -1,0 +1,238 @@
+"""Dropping visual tokens at decoder layer K, with masks, rotary tables and the KV cache kept consistent.
+
+At layer K of a forward pass that covers the prompt, each sample keeps its text tokens (padding
+included) and its top ``retain`` visual tokens by importance, in their original order.  Layers
+K..L-1 then see only those: the hidden states, the rotary ``(cos, sin)`` tables (so every kept
+token keeps its original - possibly 3D M-RoPE - position) and a mask rebuilt by transformers'
+own ``create_causal_mask`` for the shorter sequence, so the backend (SDPA, eager, FlashAttention)
+gets the mask format it expects.  Their KV cache therefore holds only kept tokens plus generated
+ones.  Decoding steps add tokens at the end, so only the mask's key axis changes.
+
+Samples of one batch may keep different numbers of tokens; shorter rows are left-padded with
+slots marked as padding, exactly like a left-padded batch, so the last position of every row is
+its last real token and each row computes what it computes alone.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+from . import state as model_state
+
+
+def keep_count(n_visual: int, retain: float) -> int:
+    """Visual tokens kept of ``n_visual``: max(1, ceil(retain * n)), or 0 without visual tokens."""
+    if n_visual <= 0:
+        return 0
+    return min(n_visual, max(1, math.ceil(retain * n_visual - 1e-9)))
+
+
+class PrunePlan:
+    """Which prompt positions each row keeps, as a left-padded gather index."""
+
+    def __init__(self, gather_index, slot_valid, n_visual, n_kept, prompt_length):
+        self.gather_index = gather_index    # [b, L] prompt position of each slot
+        self.slot_valid = slot_valid        # [b, L] False for padding slots and original padding
+        self.n_visual = n_visual            # [b]
+        self.n_kept = n_kept                # [b] visual tokens kept
+        self.prompt_length = prompt_length  # S, positions the plan covers
+
+
+def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch.Tensor,
+                 retain: float) -> PrunePlan:
+    """Keep every non-visual position and the top-``retain`` visual positions of each row.
+
+    ``visual``/``padding_mask``: ``[b, S]`` bool; ``scores``: ``[b, >=max visual]`` importance of
+    each row's visual tokens in sequence order.
+    """
+    batch, length = visual.shape
+    keep = ~visual.clone()
+    n_visual = visual.sum(1)
+    n_kept = torch.zeros_like(n_visual)
+    for row in range(batch):
+        n = int(n_visual[row])
+        k = keep_count(n, retain)
+        if k == 0:
+            continue
+        positions = visual[row].nonzero().squeeze(1)
+        top = torch.topk(scores[row, :n].float(), k).indices
+        keep[row, positions[top]] = True
+        n_kept[row] = k
+    lengths = keep.sum(1)
+    width = int(lengths.max())
+    gather_index = torch.zeros(batch, width, dtype=torch.long, device=visual.device)
+    slot_valid = torch.zeros(batch, width, dtype=torch.bool, device=visual.device)
+    for row in range(batch):
+        kept = keep[row].nonzero().squeeze(1)
+        gather_index[row, width - kept.numel():] = kept
+        slot_valid[row, width - kept.numel():] = padding_mask[row, kept]
+    return PrunePlan(gather_index, slot_valid, n_visual, n_kept, length)
+
+
+class PruneRun:
+    """Pruning state of one model inside ``pruned()``; per-forward context set by the model wrapper."""
+
+    def __init__(self, model, adapter, scores, n_visual, layer: int, retain: float):
+        self.model, self.adapter = model, adapter
+        self.scores, self.expected_n_visual = scores, n_visual
+        self.layer, self.retain = layer, retain
+        self.text_config = adapter.text_config(model)
+        self.plan: PrunePlan | None = None
+        self.plans: list[PrunePlan] = []   # every prompt plan made, for stats
+        self._forward = None               # (past length, 2D mask, covers prompt)
+        self._layer_inputs = None          # kwargs for layers K.. of the current forward
+
+    # -- called by the model-forward wrapper ----------------------------------------------
+    def begin_forward(self, call: dict) -> None:
+        input_ids, mask = call.get("input_ids"), call.get("attention_mask")
+        cache = call.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            raise NotImplementedError("SGL pruning needs a 2D attention_mask (or none); precomputed "
+                                      "4D masks (static caches, torch.compile) are not supported yet")
+        if past == 0:
+            if input_ids is None:
+                raise ValueError("SGL pruning needs input_ids to locate visual tokens; "
+                                 "call the model with input_ids, not inputs_embeds")
+            if self.layer == 0 and cache is not None:
+                raise ValueError("layer=0 cannot be used with a KV cache (transformers reads the cache "
+                                 "length from layer 0): pass use_cache=False or prune at layer >= 1")
+            batch = input_ids.shape[0]
+            if mask is None:
+                mask = torch.ones_like(input_ids, dtype=torch.bool)
+            self.plan = self._make_plan(input_ids, mask.bool())
+            if self.plan is not None:
+                self.plans.append(self.plan)
+        elif mask is None:
+            batch = input_ids.shape[0] if input_ids is not None else call["inputs_embeds"].shape[0]
+            q_len = (input_ids if input_ids is not None else call["inputs_embeds"]).shape[1]
+            mask = torch.ones(batch, past + q_len, dtype=torch.bool)
+        self._forward = (past, mask.bool(), past == 0)
+        self._layer_inputs = None
+
+    def _make_plan(self, input_ids, mask) -> PrunePlan | None:
+        visual = self.adapter.visual_mask(self.model, input_ids)
+        if not visual.any():
+            return None  # text-only: nothing to drop
+        n_visual = visual.sum(1)
+        scores, expected = self.scores, self.expected_n_visual
+        batch = input_ids.shape[0]
+        if batch != scores.shape[0]:
+            if batch % scores.shape[0]:
+                raise ValueError(f"importance scores cover {scores.shape[0]} samples but the model "
+                                 f"got a batch of {batch}")
+            # generate expands inputs for num_beams / num_return_sequences: expand scores alike
+            repeat = batch // scores.shape[0]
+            scores = scores.repeat_interleave(repeat, 0)
+            expected = expected.repeat_interleave(repeat, 0) if expected is not None else None
+        if expected is None:
+            expected = torch.full_like(n_visual, scores.shape[1])
+            if (n_visual > scores.shape[1]).any():
+                raise ValueError(_count_error(int(scores.shape[1]), int(n_visual.max()), None))
+        else:
+            mismatch = (expected.to(n_visual.device) != n_visual).nonzero()
+            if mismatch.numel():
+                row = int(mismatch[0, 0])
+                raise ValueError(_count_error(int(expected[row]), int(n_visual[row]), row))
+        return plan_pruning(visual, mask, scores.to(input_ids.device), self.retain)
+
+    # -- called by the decoder-layer wrapper (layers K.. only) ------------------------------
+    def call_layer(self, offset: int, wrapped, args, kwargs):
+        if self.plan is None:
+            return wrapped(*args, **kwargs)
+        call = model_state.bind_arguments(wrapped, args, kwargs)
+        hidden = call.pop("hidden_states")
+        if self._layer_inputs is None:  # first pruned layer of this forward
+            hidden = self._enter(hidden, call)
+        call.update(self._layer_inputs)
+        return wrapped(hidden, **call)
+
+    def _enter(self, hidden: torch.Tensor, call: dict) -> torch.Tensor:
+        past, mask, covers_prompt = self._forward
+        plan = self.plan
+        batch, q_len = hidden.shape[:2]
+        generated = mask[:, plan.prompt_length:]  # tokens after the prompt, all kept
+        pruned_mask = torch.cat([plan.slot_valid, generated.to(plan.slot_valid.device)], dim=1)
+        position_embeddings = call.get("position_embeddings")
+        if covers_prompt:
+            # this forward holds the prompt (prefill, or every step without a cache)
+            extra = torch.arange(plan.prompt_length, q_len, device=hidden.device)
+            index = torch.cat([plan.gather_index, extra.expand(batch, -1)], dim=1)
+            hidden = _gather_seq(hidden, index)
+            if position_embeddings is not None:
+                position_embeddings = tuple(_gather_seq(t.expand(batch, *t.shape[1:]), index)
+                                            for t in position_embeddings)
+        from transformers.masking_utils import create_causal_mask
+
+        layer_mask = create_causal_mask(
+            config=self.text_config, inputs_embeds=hidden, attention_mask=pruned_mask,
+            past_key_values=call.get("past_key_values"), position_ids=None, layer_idx=self.layer)
+        # gapped position ids would read as packed sequences to FlashAttention: drop them
+        self._layer_inputs = {"attention_mask": layer_mask, "position_ids": None}
+        if position_embeddings is not None:
+            self._layer_inputs["position_embeddings"] = position_embeddings
+        return hidden
+
+
+def _gather_seq(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b, i], ...]`` along dim 1."""
+    expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(*index.shape, *tensor.shape[2:])
+    return tensor.gather(1, expanded.to(tensor.device))
+
+
+def _count_error(small_count: int, large_count: int, row) -> str:
+    where = f"sample {row}" if row is not None else "a sample"
+    return (f"visual-token count mismatch for {where}: the small model saw {small_count} visual tokens, "
+            f"the large model sees {large_count}. Both must get the same visual tokens for the same input: "
+            "use one processor (same image resolution / min_pixels / max_pixels / max tiles) for both models, "
+            "and a small model of the same family as the large one.")
+
+
+def _as_scores(scores):
+    from .capture import Importance
+
+    if isinstance(scores, Importance):
+        return scores.scores, scores.n_visual
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise TypeError("scores must be an Importance or a [batch, max_visual] tensor")
+    return scores, None
+
+
+@contextmanager
+def pruned(model, scores, *, layer: int, retain: float):
+    """Inside this context every forward and ``generate`` of ``model`` drops visual tokens.
+
+    ``scores``: an ``Importance`` (its counts are checked against the model's) or a float tensor
+    ``[batch, max_visual]`` shaped like ``Importance.scores``.  Kept tokens keep their positions.
+    """
+    state = model_state.attach(model)
+    layers = state.adapter.decoder_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+        raise ValueError(f"layer must be an int in [0, {len(layers) - 1}] for this model, got {layer!r}")
+    if not 0.0 < retain <= 1.0:
+        raise ValueError(f"retain must be a fraction in (0, 1], got {retain!r}")
+    if state.prune is not None:
+        raise RuntimeError("this model is already inside pruned()")
+    _check_full_attention(state.adapter.text_config(model))
+    score_tensor, n_visual = _as_scores(scores)
+    run = PruneRun(model, state.adapter, score_tensor, n_visual, layer, retain)
+    state.prune = run
+    for offset, decoder_layer in enumerate(layers[layer:]):
+        decoder_layer.__dict__[model_state.LAYER_ATTR] = (run, offset)
+    try:
+        yield run
+    finally:
+        for decoder_layer in layers[layer:]:
+            decoder_layer.__dict__.pop(model_state.LAYER_ATTR, None)
+        state.prune = None
+        model_state.detach_if_idle(model)
+
+
+def _check_full_attention(text_config) -> None:
+    layer_types = getattr(text_config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        raise NotImplementedError("SGL pruning supports full-attention language models only; this one has "
+                                  f"layer types {sorted(set(layer_types))} (disable use_sliding_window)")

@@ -1,0 +1,137 @@
+"""Tiny random models of each supported family, built from configs on CPU in milliseconds.
+
+They carry the real classes and the real loading paths (``save_pretrained`` / ``from_pretrained``),
+so the demo and the tests exercise exactly what users run, only smaller.  Token ids follow one
+small shared vocabulary so that a "small" and a "large" tiny model can guide each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+VOCAB = 512
+PAD, BOS, EOS = 0, 1, 2
+VISION_START, VISION_END, IMAGE, VIDEO = 3, 4, 5, 6
+FIRST_TEXT_ID = 10  # ids below are special
+
+PATCH = 2           # vision patch size in pixels (tiny, so pixel_values stay small)
+TEMPORAL_PATCH = 2
+MERGE = 2           # spatial merge: 2x2 patches -> one visual token
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_depth: int = 1
+    vision_dim: int = 16
+
+
+SMALL = TinySize(hidden=64, layers=4, heads=4, kv_heads=2)
+LARGE = TinySize(hidden=96, layers=6, heads=6, kv_heads=2)
+
+
+def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
+    """A Qwen2-VL (or Qwen2.5-VL, ``family="qwen2_5_vl"``) config with tiny dimensions."""
+    from transformers import Qwen2VLConfig, Qwen2_5_VLConfig
+
+    head_dim = size.hidden // size.heads
+    half = head_dim // 2
+    # M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text = dict(
+        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.hidden * 2,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope},
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )
+    vision = dict(
+        depth=size.vision_depth, embed_dim=size.vision_dim, hidden_size=size.hidden,
+        num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
+    )
+    if family == "qwen2_5_vl":
+        vision.update(intermediate_size=size.vision_dim * 2, out_hidden_size=size.hidden,
+                      window_size=2 * PATCH * MERGE, fullatt_block_indexes=[0])
+        vision.pop("embed_dim"); vision["hidden_size"] = size.vision_dim
+        cls = Qwen2_5_VLConfig
+    else:
+        cls = Qwen2VLConfig
+    return cls(
+        text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=VIDEO,
+        vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )
+
+
+def qwen2_vl_model(size: TinySize = SMALL, family: str = "qwen2_vl", seed: int = 0,
+                   attn_implementation: str = "sdpa"):
+    """A tiny random Qwen2-VL / Qwen2.5-VL model in eval mode, float32, on CPU."""
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    cls = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = cls._from_config(qwen2_vl_config(size, family), attn_implementation=attn_implementation)
+    # Random init gives near-uniform next-token distributions; a larger lm_head spread makes
+    # greedy answers and early-exit scores meaningful instead of coin flips.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = EOS
+    model.generation_config.do_sample = False
+    return model.eval()
+
+
+def qwen2_vl_inputs(image_sides, prompt_lengths=None, *, seed: int = 0, video: bool = False,
+                    padding_side: str = "left"):
+    """A processed batch for a Qwen2-VL tiny model, as its processor would return it.
+
+    ``image_sides`` gives one image per sample as (height, width) in visual tokens before merging
+    is applied, i.e. ``(h, w)`` -> ``h * w / 4`` visual tokens; ``None`` makes a text-only sample.
+    Samples are padded to one length on ``padding_side``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lengths = prompt_lengths or [6] * len(image_sides)
+    rows, types, pixels, grids = [], [], [], []
+    key = "pixel_values_videos" if video else "pixel_values"
+    grid_key = "video_grid_thw" if video else "image_grid_thw"
+    token = VIDEO if video else IMAGE
+    for sides, n_text in zip(image_sides, prompt_lengths):
+        sys_prompt = torch.randint(FIRST_TEXT_ID, VOCAB, (3,), generator=gen).tolist()
+        question = torch.randint(FIRST_TEXT_ID, VOCAB, (n_text,), generator=gen).tolist()
+        ids, kind = [BOS] + sys_prompt, [0] * 4
+        if sides is not None:
+            h, w = sides
+            t = 2 if video else 1
+            n_visual = t * h * w // (MERGE * MERGE)
+            ids += [VISION_START] + [token] * n_visual + [VISION_END]
+            kind += [0] + [2 if video else 1] * n_visual + [0]
+            grids.append([t, h, w])
+            pixels.append(torch.randn(t * h * w, 3 * TEMPORAL_PATCH * PATCH * PATCH, generator=gen))
+        ids += question
+        kind += [0] * len(question)
+        rows.append(ids)
+        types.append(kind)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), PAD, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    mm_types = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (ids, kind) in enumerate(zip(rows, types)):
+        span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
+        input_ids[i, span] = torch.tensor(ids)
+        mask[i, span] = 1
+        mm_types[i, span] = torch.tensor(kind)
+    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm_types}
+    if pixels:
+        batch[key] = torch.cat(pixels)
+        batch[grid_key] = torch.tensor(grids)
+    return batch
+
+
+def n_visual_for(sides) -> int:
+    return 0 if sides is None else math.prod(sides) // (MERGE * MERGE)
