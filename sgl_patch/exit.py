@@ -19,11 +19,25 @@ def consistency(small_model, adapter, importance: Importance, inputs: dict, reta
     if n_answer == 0:
         return torch.ones(answer.shape[0])
     valid = importance.answer_mask
+    # An answer that contains a visual placeholder id cannot be fed back (the model would look for
+    # image features for it): feed a text id there instead and give the sample no consistency.
+    placeholder = (adapter.visual_mask(small_model, answer) & valid).any(1)
+    answer = answer.masked_fill(adapter.visual_mask(small_model, answer), _text_id(small_model))
     forced = adapter.extend_inputs(inputs, answer, valid)
     with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain):
         logits = small_model(**forced, use_cache=False, logits_to_keep=n_answer + 1).logits
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, answer[..., None].to(logits.device)).squeeze(-1)
-    return torch.exp(torch.where(valid.to(logp.device), logp, 0.0).sum(1))
+    scores = torch.exp(torch.where(valid.to(logp.device), logp, 0.0).sum(1))
+    return scores.masked_fill(placeholder.to(scores.device), 0.0)
+
+
+def _text_id(model) -> int:
+    config = model.generation_config
+    for candidate in (config.pad_token_id, config.eos_token_id, config.bos_token_id, 0):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
 
 
 def decision_scores(importance: Importance, consistency_scores: torch.Tensor) -> torch.Tensor:

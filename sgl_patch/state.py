@@ -91,7 +91,8 @@ def _model_forward(wrapped, instance, args, kwargs):
 
 def _model_generate(wrapped, instance, args, kwargs):
     state = instance.__dict__.get(STATE_ATTR)
-    if state is None or state.applied is None or state.bypass:
+    # inside pruned() the caller chose the scores: run the large model alone
+    if state is None or state.applied is None or state.bypass or state.prune is not None:
         return wrapped(*args, **kwargs)
     from .pipeline import generate  # late import: pipeline imports this module
     return generate(instance, state, wrapped, args, kwargs)

@@ -84,6 +84,8 @@ def qwen2_vl_model(size: TinySize = SMALL, family: str = "qwen2_vl", seed: int =
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = EOS
     model.generation_config.do_sample = False
+    # like real checkpoints, never emit vision placeholders as answer text
+    model.generation_config.suppress_tokens = [VISION_START, VISION_END, IMAGE, VIDEO]
     return model.eval()
 
 
@@ -135,3 +137,80 @@ def qwen2_vl_inputs(image_sides, prompt_lengths=None, *, seed: int = 0, video: b
 
 def n_visual_for(sides) -> int:
     return 0 if sides is None else math.prod(sides) // (MERGE * MERGE)
+
+
+def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed: int = 0,
+                               video: bool = False, padding_side: str = "left"):
+    """``qwen2_vl_inputs`` for any Qwen2-VL / Qwen2.5-VL config, e.g. of a real checkpoint.
+
+    Token ids (image, video, vision start/end, bos, pad), the vocabulary size and the vision
+    geometry (``patch_size``, ``temporal_patch_size``, ``spatial_merge_size``, input channels) are
+    read from ``config`` instead of this module's constants.  ``image_sides`` are in patches, as
+    for ``qwen2_vl_inputs``: ``(h, w)`` gives ``h * w / spatial_merge_size**2`` visual tokens, so
+    both must be multiples of ``spatial_merge_size``.  Text ids are drawn below the lowest special
+    id at or above ``FIRST_TEXT_ID``, so random text never collides with a special token.  For the
+    tiny configs of this module it returns exactly what ``qwen2_vl_inputs`` returns.
+    """
+    text_config = getattr(config, "text_config", None) or config
+    vision = config.vision_config
+
+    def token_id(name):
+        for source in (config, text_config):
+            value = getattr(source, name, None)
+            if value is not None:
+                return value[0] if isinstance(value, (list, tuple)) else int(value)
+        return None
+
+    image_id, video_id = token_id("image_token_id"), token_id("video_token_id")
+    start_id, end_id = token_id("vision_start_token_id"), token_id("vision_end_token_id")
+    bos = token_id("bos_token_id")
+    pad = token_id("pad_token_id")
+    if pad is None:
+        pad = token_id("eos_token_id") or 0
+    vocab = getattr(text_config, "vocab_size", None) or getattr(config, "vocab_size")
+    patch = vision.patch_size
+    temporal = vision.temporal_patch_size
+    merge = vision.spatial_merge_size
+    channels = getattr(vision, "in_channels", None) or getattr(vision, "in_chans", None) or 3
+    special = {i for i in (image_id, video_id, start_id, end_id, bos, pad, token_id("eos_token_id")) if i is not None}
+    text_high = min([i for i in special if i >= FIRST_TEXT_ID] + [vocab])
+
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lengths = prompt_lengths or [6] * len(image_sides)
+    rows, types, pixels, grids = [], [], [], []
+    key = "pixel_values_videos" if video else "pixel_values"
+    grid_key = "video_grid_thw" if video else "image_grid_thw"
+    token = video_id if video else image_id
+    for sides, n_text in zip(image_sides, prompt_lengths):
+        sys_prompt = torch.randint(FIRST_TEXT_ID, text_high, (3,), generator=gen).tolist()
+        question = torch.randint(FIRST_TEXT_ID, text_high, (n_text,), generator=gen).tolist()
+        row_ids = ([bos] if bos is not None else []) + sys_prompt
+        kind = [0] * len(row_ids)
+        if sides is not None:
+            h, w = sides
+            if h % merge or w % merge:
+                raise ValueError(f"image sides {sides} must be multiples of spatial_merge_size={merge}")
+            t = 2 if video else 1
+            n_visual = t * h * w // (merge * merge)
+            row_ids += [start_id] + [token] * n_visual + [end_id]
+            kind += [0] + [2 if video else 1] * n_visual + [0]
+            grids.append([t, h, w])
+            pixels.append(torch.randn(t * h * w, channels * temporal * patch * patch, generator=gen))
+        row_ids += question
+        kind += [0] * len(question)
+        rows.append(row_ids)
+        types.append(kind)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    mm_types = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (row, kind) in enumerate(zip(rows, types)):
+        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+        mm_types[i, span] = torch.tensor(kind)
+    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm_types}
+    if pixels:
+        batch[key] = torch.cat(pixels)
+        batch[grid_key] = torch.tensor(grids)
+    return batch
