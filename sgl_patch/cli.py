@@ -126,6 +126,8 @@ def _demo(args) -> int:
     if (args.large is None) != (args.small is None):
         raise ValueError("--large and --small go together: give both checkpoints, or neither for tiny models")
     sides = _images(args.images)
+    # check the options before loading anything (the layer's range is checked by apply)
+    sgl_patch.SGLConfig(layer=args.layer, retain=args.retain, exit_threshold=args.exit_threshold).validate()
     if args.large is None:
         large, small, source = _tiny_models(args.dtype or "float32", args.device)
     else:
@@ -161,18 +163,23 @@ def _demo(args) -> int:
         finally:
             sgl_patch.remove(large)
 
-    ratio = sgl_patch.token_ratio(handle.layer, args.retain, n_layers)
-    print(f"  SGL: layer K={handle.layer}, retain={args.retain} (layer-averaged visual-token ratio "
-          f"{ratio:.1%}), exit_threshold={args.exit_threshold}")
+    if handle.active:
+        ratio = sgl_patch.token_ratio(handle.layer, args.retain, n_layers)
+        print(f"  SGL: layer K={handle.layer}, retain={args.retain} (layer-averaged visual-token ratio "
+              f"{ratio:.1%}), exit_threshold={args.exit_threshold}")
+    else:
+        print("  SGL: SGL_DISABLE is set, so apply() left the model unpatched")
     print()
     baseline_answers = [_answer(row, prompt_length, stop_ids) for row in baseline]
     guided_answers = [_answer(row, prompt_length, stop_ids) for row in guided]
     table = [("sample", "image", "visual tokens", "kept by large", "early exit (score)", "same answer")]
-    for i, (side, record) in enumerate(zip(sides, records)):
-        score = "-" if record["exit_score"] is None else f"{record['exit_score']:.3f}"
+    for i, side in enumerate(sides):
+        record = records[i] if i < len(records) else {}
+        exited = bool(record.get("exited"))
+        score = "-" if record.get("exit_score") is None else f"{record['exit_score']:.3f}"
         table.append((str(i), "text only" if side is None else f"{side[0]}x{side[1]}",
-                      str(record["n_visual"]), "-" if record["exited"] else str(record["n_kept"]),
-                      f"{'yes' if record['exited'] else 'no'} ({score})",
+                      str(record.get("n_visual", "-")), "-" if exited else str(record.get("n_kept", "-")),
+                      f"{'yes' if exited else 'no'} ({score})",
                       "yes" if baseline_answers[i] == guided_answers[i] else "no"))
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     for n, row in enumerate(table):
@@ -183,7 +190,7 @@ def _demo(args) -> int:
     same = sum(a == b for a, b in zip(baseline_answers, guided_answers))
     exited = sum(bool(r["exited"]) for r in records)
     # the records of one batch carry the batch's seconds (the large model's are 0 for exited samples)
-    small_s = max((r["small_seconds"] for r in records), default=0.0)
+    small_s = max((r["small_seconds"] or 0.0 for r in records), default=0.0)
     large_s = max((r["large_seconds"] or 0.0 for r in records), default=0.0)
     print(f"  same answer as baseline: {same}/{len(sides)}; early exits: {exited}/{len(sides)}")
     print(f"  time: baseline {baseline_seconds:.3f} s; SGL {sgl_seconds:.3f} s "

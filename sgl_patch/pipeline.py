@@ -69,9 +69,11 @@ def generate(model, state, wrapped, args, kwargs):
         return wrapped(*args, **kwargs)
     visual = adapter.visual_mask(model, input_ids)
     if not visual.any():  # text-only prompts pass through untouched
+        started = time.perf_counter()
         out = wrapped(*args, **kwargs)
+        seconds = time.perf_counter() - started
         for _ in range(input_ids.shape[0]):
-            applied.stats.add(_record(0, 0, None, False, None, 0.0, None))
+            applied.stats.add(_record(0, 0, applied.layer, False, None, 0.0, seconds, input_ids.shape[0]))
         return out
 
     config = applied.config
@@ -103,6 +105,8 @@ def generate(model, state, wrapped, args, kwargs):
             with torch.no_grad():
                 cons = consistency(small, adapter, imp, small_inputs, config.consistency_retain)
             exit_scores = decision_scores(imp, cons)
+            # a text-only sample in a mixed batch goes to the large model untouched
+            exit_scores[n_visual == 0] = float("nan")
             exited = exit_scores >= config.exit_threshold
     small_seconds = time.perf_counter() - started
 
@@ -128,8 +132,9 @@ def generate(model, state, wrapped, args, kwargs):
         for i, sample in enumerate(remaining.tolist()):
             kept[sample] = int(plan.n_kept[i * step])
     for i in range(batch):
-        score = None if exit_scores is None else float(exit_scores[i])
-        n_kept = int(n_visual[i]) if exited[i] else kept.get(i, keep_count(int(n_visual[i]), config.retain))
+        score = None if exit_scores is None or n_visual[i] == 0 else float(exit_scores[i])
+        # None: the large model never saw an exited sample
+        n_kept = None if exited[i] else kept.get(i, keep_count(int(n_visual[i]), config.retain))
         applied.stats.add(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
                                   small_seconds, 0.0 if exited[i] else large_seconds, batch))
     if not exited.any():

@@ -9,6 +9,7 @@ model above all, which is usually the same class as the large one.
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ class ModelState:
     prune: Any = None      # prune.PruneRun while visual tokens are dropped
     applied: Any = None    # pipeline.Applied after ``apply``
     bypass: int = 0        # >0 while our own code calls the original ``generate``
-    wrapped: list = field(default_factory=list)   # (class, method) pairs this model holds
+    release: Any = None    # gives back this model's class-wrapper references, once
 
 
 def get_state(model) -> ModelState | None:
@@ -41,13 +42,21 @@ def attach(model) -> ModelState:
     adapter = adapter_for(model)
     state = ModelState(adapter=adapter)
     layer_cls = type(adapter.decoder_layers(model)[0])
+    wrapped = []
     for cls, name, wrapper in ((type(model), "forward", _model_forward),
                                (type(model), "generate", _model_generate),
                                (layer_cls, "forward", _layer_forward)):
         patching.wrap_method(cls, name, wrapper)
-        state.wrapped.append((cls, name))
+        wrapped.append((cls, name))
+    # also when the model is garbage-collected while patched, so classes never stay wrapped
+    state.release = weakref.finalize(model, _unwrap_all, wrapped)
     model.__dict__[STATE_ATTR] = state
     return state
+
+
+def _unwrap_all(wrapped) -> None:
+    for cls, name in wrapped:
+        patching.unwrap_method(cls, name)
 
 
 def detach_if_idle(model) -> None:
@@ -56,8 +65,7 @@ def detach_if_idle(model) -> None:
     if state is None or state.capture or state.prune or state.applied:
         return
     del model.__dict__[STATE_ATTR]
-    for cls, name in state.wrapped:
-        patching.unwrap_method(cls, name)
+    state.release()
 
 
 _signatures: dict[Any, inspect.Signature] = {}

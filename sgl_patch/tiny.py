@@ -155,7 +155,9 @@ def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed
     vision = config.vision_config
 
     def token_id(name):
-        for source in (config, text_config):
+        # vision ids live on the VLM config; text ids (bos, eos, pad) on its text config
+        sources = (config, text_config) if name.startswith(("image", "video", "vision")) else (text_config, config)
+        for source in sources:
             value = getattr(source, name, None)
             if value is not None:
                 return value[0] if isinstance(value, (list, tuple)) else int(value)

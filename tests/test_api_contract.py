@@ -38,7 +38,20 @@ def test_text_only_prompts_pass_through_untouched(pair):
     sgl_patch.apply(large, small_model=small, exit_threshold=0.0)
     assert torch.equal(large.generate(**batch, max_new_tokens=6), base)
     assert calls == []  # the small model never ran
-    assert [r["n_visual"] for r in sgl_patch.stats(large)] == [0, 0]
+    assert [(r["n_visual"], r["exited"], r["small_seconds"]) for r in sgl_patch.stats(large)] == [
+        (0, False, 0.0), (0, False, 0.0)]
+
+
+def test_text_only_sample_in_a_mixed_batch_never_exits(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs([(8, 8), None], seed=39)
+    sgl_patch.apply(large, small_model=small, exit_threshold=0.0)
+    out = large.generate(**batch, max_new_tokens=5)
+    records = sgl_patch.stats(large)
+    assert [r["exited"] for r in records] == [True, False]
+    assert records[1]["exit_score"] is None and records[1]["n_kept"] == 0
+    sgl_patch.remove(large)
+    assert torch.equal(out[1], large.generate(**batch, max_new_tokens=5)[1])
 
 
 def test_apply_again_replaces_options_without_stacking(pair):
@@ -154,6 +167,20 @@ def test_stats_records_have_the_documented_keys(pair):
     for r in records:
         assert {"n_visual", "n_kept", "layer", "exited", "exit_score", "small_seconds",
                 "large_seconds"} <= set(r)
-        assert r["small_seconds"] > 0
+        assert r["small_seconds"] > 0 and r["layer"] == 2
+        assert (r["n_kept"] is None) == r["exited"]
     sgl_patch.remove(large)
     assert handle.stats() == records  # still readable after remove
+
+
+def test_stats_file_gets_one_json_line_per_sample(pair, tmp_path, monkeypatch):
+    import json
+
+    small, large = pair
+    path = tmp_path / "sgl.jsonl"
+    monkeypatch.setenv("SGL_STATS_FILE", str(path))
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    large.generate(**tiny.qwen2_vl_inputs(MIXED, seed=38), max_new_tokens=2)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == sgl_patch.stats(large)
+    assert [r["n_kept"] for r in lines] == [4, 2]

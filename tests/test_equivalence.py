@@ -33,8 +33,14 @@ def test_retain_one_is_identity_and_remove_restores(pair):
 
 
 def test_remove_restores_classes_and_instances(pair):
+    import gc
+
+    from sgl_patch import patching
+
     small, large = pair
     cls, layer_cls = type(large), type(large.model.language_model.layers[0])
+    gc.collect()  # models patched by earlier tests and dropped without remove() release their classes
+    assert not patching.is_wrapped(cls, "forward") and not patching.is_wrapped(layer_cls, "forward")
     before = {name: cls.__dict__.get(name) for name in ("forward", "generate")}
     layer_forward = layer_cls.__dict__["forward"]
     sgl_patch.apply(large, small_model=small)
@@ -44,6 +50,21 @@ def test_remove_restores_classes_and_instances(pair):
     assert layer_cls.__dict__["forward"] is layer_forward
     assert "_sgl_state" not in large.__dict__
     assert all("_sgl_layer" not in layer.__dict__ for layer in large.model.language_model.layers)
+
+
+def test_a_patched_model_dropped_without_remove_releases_its_class(saved_models, family):
+    import gc
+
+    from sgl_patch import patching
+
+    large = load(saved_models[family]["large"])
+    cls = type(large)
+    gc.collect()
+    sgl_patch.apply(large, small_model=load(saved_models[family]["small"]))
+    assert patching.is_wrapped(cls, "generate")
+    del large
+    gc.collect()
+    assert not patching.is_wrapped(cls, "generate")
 
 
 @pytest.mark.parametrize("video", [False, True])

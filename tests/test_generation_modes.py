@@ -112,3 +112,21 @@ def test_video_tokens_are_pruned(pair):
     large.generate(**batch, max_new_tokens=3)
     record = sgl_patch.stats(large)[0]
     assert (record["n_visual"], record["n_kept"]) == (16, 4)
+
+
+def test_right_padded_batch_behaves_as_the_baseline_at_retain_one(pair):
+    # lmms-eval's qwen2_vl batches with the tokenizer's saved side, which is right for Qwen2-VL
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED + [None], seed=28, padding_side="right")
+    base = large.generate(**batch, max_new_tokens=5)
+    sgl_patch.apply(large, small_model=small, layer=2, retain=1.0)
+    assert torch.equal(large.generate(**batch, max_new_tokens=5), base)
+
+
+def test_right_padded_batch_prunes_the_full_length_sample_as_alone(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs([(8, 12), (4, 8)], prompt_lengths=[9, 3], seed=29, padding_side="right")
+    sgl_patch.apply(large, small_model=small, layer=2, retain=0.25)
+    together = new_tokens(large.generate(**batch, max_new_tokens=5), batch)
+    alone = single(large, batch, 0)  # the longest row has no padding, so its answer is well defined
+    assert strip(together[0]) == strip(new_tokens(large.generate(**alone, max_new_tokens=5), alone)[0])

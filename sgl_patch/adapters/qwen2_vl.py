@@ -44,16 +44,15 @@ class Qwen2VLAdapter(Adapter):
             starts = [0]
             for n in patches_per_item:
                 starts.append(starts[-1] + n)
+            if not chosen:  # generate() rejects pixel keys that are present but None
+                continue
             if inputs.get(patches_key) is not None:
                 patches = inputs[patches_key]
-                parts = [patches[starts[i]:starts[i + 1]] for i in chosen]
-                out[patches_key] = torch.cat(parts) if parts else patches[:0]
-            out[grid_key] = grid[chosen] if chosen else None
+                out[patches_key] = torch.cat([patches[starts[i]:starts[i + 1]] for i in chosen])
+            out[grid_key] = grid[chosen]
             for key in extra_keys:
                 if inputs.get(key) is not None:
                     out[key] = inputs[key][chosen]
-            if not chosen:
-                out[patches_key] = None
         return out
 
 
