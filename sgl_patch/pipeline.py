@@ -6,7 +6,6 @@ samples that did not exit -> results merged back in input order, padded as ``gen
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from . import state as model_state
 from .capture import generate_with_importance
 from .config import SGLConfig
 from .exit import consistency, decision_scores
-from .prune import keep_count, pruned
+from .prune import count_mismatch_message, keep_count, pruned
 from .records import StatsLog
 
 logger = logging.getLogger("sgl_patch")
@@ -91,8 +90,7 @@ def generate(model, state, wrapped, args, kwargs):
     n_visual = visual.sum(1).cpu()
     if not torch.equal(imp.n_visual.cpu(), n_visual):
         row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])
-        from .prune import _count_error
-        raise ValueError(_count_error(int(imp.n_visual[row]), int(n_visual[row]), row))
+        raise ValueError(count_mismatch_message(int(imp.n_visual[row]), int(n_visual[row]), row))
 
     batch = input_ids.shape[0]
     exited = torch.zeros(batch, dtype=torch.bool)
@@ -118,8 +116,6 @@ def generate(model, state, wrapped, args, kwargs):
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
         sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
-        sub_imp = copy.copy(sub_imp)
-        sub_imp.prefill, sub_imp.decode = sub_imp.prefill.to(input_ids.device), sub_imp.decode.to(input_ids.device)
         with pruned(model, sub_imp, layer=applied.layer, retain=config.retain) as run:
             large_out = wrapped(**sub_inputs, **settings)
         plan = run.plans[0] if run.plans else None

@@ -131,12 +131,12 @@ class PruneRun:
         if expected is None:
             expected = torch.full_like(n_visual, scores.shape[1])
             if (n_visual > scores.shape[1]).any():
-                raise ValueError(_count_error(int(scores.shape[1]), int(n_visual.max()), None))
+                raise ValueError(count_mismatch_message(int(scores.shape[1]), int(n_visual.max()), None))
         else:
             mismatch = (expected.to(n_visual.device) != n_visual).nonzero()
             if mismatch.numel():
                 row = int(mismatch[0, 0])
-                raise ValueError(_count_error(int(expected[row]), int(n_visual[row]), row))
+                raise ValueError(count_mismatch_message(int(expected[row]), int(n_visual[row]), row))
         return plan_pruning(visual, mask, scores.to(input_ids.device), self.retain)
 
     # -- called by the decoder-layer wrapper (layers K.. only) ------------------------------
@@ -183,7 +183,7 @@ def _gather_seq(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.gather(1, expanded.to(tensor.device))
 
 
-def _count_error(small_count: int, large_count: int, row) -> str:
+def count_mismatch_message(small_count: int, large_count: int, row) -> str:
     where = f"sample {row}" if row is not None else "a sample"
     return (f"visual-token count mismatch for {where}: the small model saw {small_count} visual tokens, "
             f"the large model sees {large_count}. Both must get the same visual tokens for the same input: "

@@ -48,13 +48,36 @@ def attach(model) -> ModelState:
                                (layer_cls, "forward", _layer_forward)):
         patching.wrap_method(cls, name, wrapper)
         wrapped.append((cls, name))
+    routed = [_route_device_hook(module, wrapper) for module, wrapper in
+              [(model, _model_forward)] + [(layer, _layer_forward) for layer in adapter.decoder_layers(model)]]
     # also when the model is garbage-collected while patched, so classes never stay wrapped
-    state.release = weakref.finalize(model, _unwrap_all, wrapped)
+    state.release = weakref.finalize(model, _unwrap_all, wrapped, [r for r in routed if r])
     model.__dict__[STATE_ATTR] = state
     return state
 
 
-def _unwrap_all(wrapped) -> None:
+def _route_device_hook(module, wrapper):
+    """Send accelerate's device hooks (``device_map=...`` over several devices) through our wrapper.
+
+    Such a hook replaced ``module.forward`` per instance and calls ``module._old_forward``, the
+    forward it found when the model was loaded - before our class wrapper existed.
+    """
+    old = module.__dict__.get("_old_forward")
+    if old is None:
+        return None
+
+    def routed(*args, **kwargs):
+        return wrapper(old, module, args, kwargs)
+
+    module._old_forward = routed
+    return weakref.ref(module), old, routed
+
+
+def _unwrap_all(wrapped, routed) -> None:
+    for module_ref, old, ours in routed:
+        module = module_ref()
+        if module is not None and module.__dict__.get("_old_forward") is ours:
+            module._old_forward = old
     for cls, name in wrapped:
         patching.unwrap_method(cls, name)
 

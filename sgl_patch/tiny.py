@@ -7,7 +7,6 @@ small shared vocabulary so that a "small" and a "large" tiny model can guide eac
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -97,46 +96,8 @@ def qwen2_vl_inputs(image_sides, prompt_lengths=None, *, seed: int = 0, video: b
     is applied, i.e. ``(h, w)`` -> ``h * w / 4`` visual tokens; ``None`` makes a text-only sample.
     Samples are padded to one length on ``padding_side``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    prompt_lengths = prompt_lengths or [6] * len(image_sides)
-    rows, types, pixels, grids = [], [], [], []
-    key = "pixel_values_videos" if video else "pixel_values"
-    grid_key = "video_grid_thw" if video else "image_grid_thw"
-    token = VIDEO if video else IMAGE
-    for sides, n_text in zip(image_sides, prompt_lengths):
-        sys_prompt = torch.randint(FIRST_TEXT_ID, VOCAB, (3,), generator=gen).tolist()
-        question = torch.randint(FIRST_TEXT_ID, VOCAB, (n_text,), generator=gen).tolist()
-        ids, kind = [BOS] + sys_prompt, [0] * 4
-        if sides is not None:
-            h, w = sides
-            t = 2 if video else 1
-            n_visual = t * h * w // (MERGE * MERGE)
-            ids += [VISION_START] + [token] * n_visual + [VISION_END]
-            kind += [0] + [2 if video else 1] * n_visual + [0]
-            grids.append([t, h, w])
-            pixels.append(torch.randn(t * h * w, 3 * TEMPORAL_PATCH * PATCH * PATCH, generator=gen))
-        ids += question
-        kind += [0] * len(question)
-        rows.append(ids)
-        types.append(kind)
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), PAD, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    mm_types = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (ids, kind) in enumerate(zip(rows, types)):
-        span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
-        input_ids[i, span] = torch.tensor(ids)
-        mask[i, span] = 1
-        mm_types[i, span] = torch.tensor(kind)
-    batch = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm_types}
-    if pixels:
-        batch[key] = torch.cat(pixels)
-        batch[grid_key] = torch.tensor(grids)
-    return batch
-
-
-def n_visual_for(sides) -> int:
-    return 0 if sides is None else math.prod(sides) // (MERGE * MERGE)
+    return qwen2_vl_inputs_for_config(qwen2_vl_config(), image_sides, prompt_lengths, seed=seed,
+                                      video=video, padding_side=padding_side)
 
 
 def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed: int = 0,

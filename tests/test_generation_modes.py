@@ -130,3 +130,26 @@ def test_right_padded_batch_prunes_the_full_length_sample_as_alone(pair):
     together = new_tokens(large.generate(**batch, max_new_tokens=5), batch)
     alone = single(large, batch, 0)  # the longest row has no padding, so its answer is well defined
     assert strip(together[0]) == strip(new_tokens(large.generate(**alone, max_new_tokens=5), alone)[0])
+
+
+def test_models_dispatched_with_accelerate_device_hooks_are_pruned(pair):
+    # device_map over several GPUs puts accelerate hooks on every module; emulated here on CPU
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=41)
+    sgl_patch.apply(large, small_model=small, layer=2, retain=0.25)
+    expected = large.generate(**batch, max_new_tokens=5)
+    kept = [r["n_kept"] for r in sgl_patch.stats(large)]
+    sgl_patch.remove(large)
+    base = large.generate(**batch, max_new_tokens=5)
+    hooked = [large, *large.model.language_model.layers]
+    for module in hooked:
+        add_hook_to_module(module, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    olds = [module._old_forward for module in hooked]
+    sgl_patch.apply(large, small_model=small, layer=2, retain=0.25)
+    assert torch.equal(large.generate(**batch, max_new_tokens=5), expected)
+    assert [r["n_kept"] for r in sgl_patch.stats(large)] == kept == [4, 2]
+    sgl_patch.remove(large)
+    assert [module._old_forward for module in hooked] == olds
+    assert torch.equal(large.generate(**batch, max_new_tokens=5), base)
