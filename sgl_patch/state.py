@@ -29,6 +29,10 @@ class ModelState:
     bypass: int = 0        # >0 while our own code calls the original ``generate``
     release: Any = None    # gives back this model's class-wrapper references, once
 
+    def __deepcopy__(self, memo):
+        # a deep copy of a patched model is an unpatched model: patches belong to one instance
+        return None
+
 
 def get_state(model) -> ModelState | None:
     return model.__dict__.get(STATE_ATTR)

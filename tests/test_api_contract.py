@@ -184,3 +184,17 @@ def test_stats_file_gets_one_json_line_per_sample(pair, tmp_path, monkeypatch):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == sgl_patch.stats(large)
     assert [r["n_kept"] for r in lines] == [4, 2]
+
+
+def test_a_deep_copy_of_a_patched_model_is_unpatched(pair):
+    import copy
+
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=42)
+    base = large.generate(**batch, max_new_tokens=5)
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    clone = copy.deepcopy(large)
+    assert torch.equal(clone.generate(**batch, max_new_tokens=5), base)
+    assert sgl_patch.stats(clone) == [] and len(sgl_patch.stats(large)) == 0
+    large.generate(**batch, max_new_tokens=5)
+    assert len(sgl_patch.stats(large)) == 2
