@@ -71,16 +71,33 @@ def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CaptureSession:
-    """Accumulates ``A_P`` and ``A_D`` for one ``generate`` call of one model."""
+    """Accumulates ``A_P`` and ``A_D`` for one ``generate`` call of one model.
+
+    Everything that does not depend on the layer (which rows, which keys each row may see, where
+    the visual tokens are) is prepared once per forward pass, so each layer costs one small
+    matmul, a softmax and a gather.
+    """
 
     def __init__(self, model, adapter):
         self.model, self.adapter = model, adapter
         self.module_ids = [id(m) for m in adapter.attention_modules(model)]
         self.forwards = 0
-        self.prefill = self.decode = None
+        self._prefill = self._decode = None
         self.visual_index = self.visual_valid = self.n_visual = None
-        self.rows = None  # (row index [b,R], row valid [b,R], row position in kv coordinates [b,R])
-        self.key_valid = None
+        self.target = None
+        self.row_index = None    # [b, R] query rows to read, or None: the last row only
+        self.row_valid = None    # [b, 1, 1, R, 1] False for padding rows, or None: all rows count
+        self.row_pos = None      # [b, R] row positions in key coordinates
+        self.key_valid = None    # [b, kv] from the 2D attention mask
+        self._bias = {}          # kv length -> additive mask [b, 1, 1, R, kv] or None
+
+    @property
+    def prefill(self) -> torch.Tensor:
+        return torch.where(self.visual_valid, self._prefill, 0.0)
+
+    @property
+    def decode(self) -> torch.Tensor:
+        return torch.where(self.visual_valid, self._decode, 0.0)
 
     # -- called by the model-forward wrapper ----------------------------------------------
     def begin_forward(self, call: dict) -> None:
@@ -99,6 +116,7 @@ class CaptureSession:
             raise NotImplementedError("importance capture needs a 2D attention_mask (or none); "
                                       "precomputed 4D masks are not supported")
         self.key_valid = mask.to(device=device, dtype=torch.bool)
+        self._bias = {}
         if self.forwards == 0:
             visual = self.adapter.visual_mask(self.model, input_ids)
             self.n_visual = visual.sum(1)
@@ -107,45 +125,57 @@ class CaptureSession:
             after_first_visual = visual.cumsum(1) > 0
             text_rows = ~visual & self.key_valid[:, past:past + q_len] & after_first_visual
             rows, valid = _padded_positions(text_rows)
-            self.rows = (rows, valid, rows + past)
-            self.prefill = torch.zeros(self.visual_index.shape, dtype=torch.float32, device=device)
-            self.decode = torch.zeros_like(self.prefill)
-            self.target = self.prefill
+            self.row_index, self.row_pos = rows, rows + past
+            self.row_valid = None if valid.all() else valid[:, None, None, :, None]
+            self._prefill = torch.zeros(self.visual_index.shape, dtype=torch.float32, device=device)
+            self._decode = torch.zeros_like(self._prefill)
+            self.target = self._prefill
         else:
-            last = torch.full((batch, 1), q_len - 1, dtype=torch.long, device=device)
-            self.rows = (last, torch.ones_like(last, dtype=torch.bool), last + past)
-            self.target = self.decode
+            self.row_index, self.row_valid = None, None
+            self.row_pos = torch.full((batch, 1), past + q_len - 1, dtype=torch.long, device=device)
+            self.target = self._decode
         self.forwards += 1
+
+    def _mask_bias(self, kv_len: int, device):
+        if kv_len not in self._bias:
+            key_valid = self.key_valid
+            if key_valid.shape[1] < kv_len:  # static caches: slots past the mask are empty
+                key_valid = torch.nn.functional.pad(key_valid, (0, kv_len - key_valid.shape[1]))
+            causal = torch.arange(kv_len, device=device)[None, None, :] <= self.row_pos[:, :, None]
+            allowed = key_valid[:, None, :kv_len] & causal
+            self._bias[kv_len] = None if bool(allowed.all()) else torch.zeros(
+                allowed.shape, dtype=torch.float32, device=device).masked_fill_(
+                ~allowed, float("-inf"))[:, None, None]
+        return self._bias[kv_len]
 
     # -- called by the attention wrapper --------------------------------------------------
     def record(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
-        row_index, row_valid, row_pos = self.rows
-        n_rows, n_vis = row_index.shape[1], self.visual_index.shape[1]
+        n_rows, n_vis = self.row_pos.shape[1], self.visual_index.shape[1]
         if n_rows == 0 or n_vis == 0:
             return
         batch, heads, _, dim = query.shape
         kv_heads, kv_len = key.shape[1], key.shape[2]
         groups = heads // kv_heads
         scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or dim ** -0.5
-        q_sel = query.gather(2, row_index[:, None, :, None].expand(batch, heads, n_rows, dim))
+        if self.row_index is None:
+            q_sel = query[:, :, -1:]
+        else:
+            q_sel = query.gather(2, self.row_index[:, None, :, None].expand(batch, heads, n_rows, dim))
         # grouped-query attention without repeating keys: heads of one kv group share its keys
-        q_sel = q_sel.float().reshape(batch, kv_heads, groups * n_rows, dim)
-        logits = torch.matmul(q_sel, key.float().transpose(-1, -2)).mul_(scaling)
-        logits = logits.view(batch, kv_heads, groups, n_rows, kv_len)
+        q_sel = (q_sel.float() * scaling).reshape(batch, kv_heads, groups * n_rows, dim)
+        logits = torch.matmul(q_sel, key.float().transpose(-1, -2)).view(batch, kv_heads, groups, n_rows, kv_len)
         softcap = kwargs.get("softcap")
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        key_valid = self.key_valid
-        if key_valid.shape[1] < kv_len:  # static caches: slots past the mask are empty
-            key_valid = torch.nn.functional.pad(key_valid, (0, kv_len - key_valid.shape[1]))
-        causal = torch.arange(kv_len, device=key.device)[None, None, :] <= row_pos[:, :, None]
-        allowed = key_valid[:, None, :kv_len] & causal
-        logits.masked_fill_(~allowed[:, None, None], float("-inf"))
-        probs = logits.softmax(-1)
-        visual = probs.gather(-1, self.visual_index[:, None, None, None, :].expand(
+        bias = self._mask_bias(kv_len, key.device)
+        if bias is not None:
+            logits = logits + bias
+        visual = logits.softmax(-1).gather(-1, self.visual_index[:, None, None, None, :].expand(
             batch, kv_heads, groups, n_rows, n_vis))
-        visual = torch.where(row_valid[:, None, None, :, None], visual, 0.0).sum((1, 2, 3))
-        self.target += torch.where(self.visual_valid, visual, 0.0)
+        if self.row_valid is not None:  # padding rows may see no key at all (NaN): select, not multiply
+            visual = torch.where(self.row_valid, visual, 0.0)
+        # padded visual slots gather junk here; the prefill/decode properties zero them
+        self.target += visual.sum((1, 2, 3))
 
 
 def _capturing_attention(original):

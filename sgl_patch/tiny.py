@@ -29,6 +29,8 @@ class TinySize:
     kv_heads: int
     vision_depth: int = 1
     vision_dim: int = 16
+    vision_heads: int = 2
+    intermediate: int | None = None  # default: 2 x hidden
 
 
 SMALL = TinySize(hidden=64, layers=4, heads=4, kv_heads=2)
@@ -44,7 +46,7 @@ def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
     # M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     text = dict(
-        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.hidden * 2,
+        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.intermediate or size.hidden * 2,
         num_hidden_layers=size.layers, num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope},
@@ -52,7 +54,7 @@ def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
     )
     vision = dict(
         depth=size.vision_depth, embed_dim=size.vision_dim, hidden_size=size.hidden,
-        num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
+        num_heads=size.vision_heads, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
     )
     if family == "qwen2_5_vl":
         vision.update(intermediate_size=size.vision_dim * 2, out_hidden_size=size.hidden,
@@ -149,10 +151,11 @@ def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed
         question = torch.randint(FIRST_TEXT_ID, text_high, (n_text,), generator=gen).tolist()
         row_ids = ([bos] if bos is not None else []) + sys_prompt
         kind = [0] * len(row_ids)
-        if sides is not None:
-            h, w = sides
+        # one (h, w) image per sample, or a list of them (several images / tiles)
+        images = [] if sides is None else [sides] if isinstance(sides[0], int) else list(sides)
+        for h, w in images:
             if h % merge or w % merge:
-                raise ValueError(f"image sides {sides} must be multiples of spatial_merge_size={merge}")
+                raise ValueError(f"image sides {(h, w)} must be multiples of spatial_merge_size={merge}")
             t = 2 if video else 1
             n_visual = t * h * w // (merge * merge)
             row_ids += [start_id] + [token] * n_visual + [end_id]

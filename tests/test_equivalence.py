@@ -185,3 +185,15 @@ def test_partial_exit_merges_answers_in_input_order(pair):
             with sgl_patch.pruned(large, imp.select(torch.tensor([row])), layer=2, retain=0.25):
                 answer = new_tokens(large.generate(**alone, max_new_tokens=6), alone)
             assert strip(got[row]) == strip(answer[0])
+
+
+def test_several_images_per_sample_are_ranked_and_pruned_together(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs([[(4, 4), (4, 8)], [(8, 8)]], seed=14)  # 4 + 8 and 16 visual tokens
+    imp = sgl_patch.importance(small, max_new_tokens=3, **batch)
+    assert imp.n_visual.tolist() == [12, 16]
+    with sgl_patch.pruned(large, imp, layer=2, retain=0.25):
+        logits = large(**batch, use_cache=False).logits
+    for row in range(2):
+        ref = reference.pruned_logits(large, single(large, batch, row), imp.scores[row], 2, 0.25)
+        torch.testing.assert_close(logits[row, -ref.shape[0]:], ref, atol=1e-4, rtol=1e-4)
