@@ -76,8 +76,61 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs (default: 0)")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what sgl_patch does; show tracebacks")
     demo.set_defaults(run=_demo)
+
+    from .bench import SECTIONS
+
+    bench = commands.add_parser("bench", help="measure speed-ups as ratios in one run, beside the FLOP limit",
+                                description=(
+                                    "Measure what SGL delivers: large-model prefill and decoding pruned vs "
+                                    "unpruned at the paper's 64%%/35%%/9%% points beside the FLOP-predicted "
+                                    "limit, importance-capture overhead vs plain SDPA and vs the eager "
+                                    "approach, end to end with early exit, and batch throughput. Every figure "
+                                    "is a ratio of runs interleaved in this process (median of pairs, min-max)."))
+    bench.add_argument("--quick", action="store_true", help="tiny shapes, under a minute (a smoke test)")
+    bench.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
+    bench.add_argument("--plot", metavar="PATH", help="write the prefill speed-up plot (PNG; needs matplotlib)")
+    bench.add_argument("--sections", default=",".join(SECTIONS),
+                       help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    bench.add_argument("--config", metavar="SPEC",
+                       help="real models for the FLOP/KV estimates: 'all' (the paper's pairs), table names "
+                            "such as InternVL2-26B or Qwen2-VL-72B:Qwen2-VL-2B, or config.json paths "
+                            "LARGE.json[:SMALL.json], comma-separated")
+    bench.add_argument("--timed", action="store_true",
+                       help="with --config of one Qwen2-VL pair (config.json paths): also time random-weight "
+                            "models of those shapes on --device")
+    bench.add_argument("--tiles", type=int, default=5, help="image tiles per input for --config estimates")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    bench.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    bench.add_argument("-v", "--verbose", action="store_true", help="log what sgl_patch does")
+    bench.set_defaults(run=_bench)
     parser.set_defaults(verbose=False)
     return parser
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(bench.SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(bench.SECTIONS)}")
+    started = time.perf_counter()
+
+    def progress(message):
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    result = bench.run(quick=args.quick, device=args.device, dtype=args.dtype, sections=sections,
+                       config=args.config, timed=args.timed, tiles=args.tiles, progress=progress)
+    print(bench.report.render(result))
+    if args.json:
+        bench.report.write_json(result, args.json)
+        print(f"\n  figures written to {args.json}")
+    if args.plot and "prefill" in result:
+        if bench.report.plot(result, args.plot):
+            print(f"  plot written to {args.plot}")
+        else:
+            print("  no plot: matplotlib is not installed (pip install matplotlib)")
+    return 0
 
 
 def _layer(text: str):
