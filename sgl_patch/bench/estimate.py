@@ -67,11 +67,12 @@ def resolve(name: str) -> VLMShape:
 
 
 def pairs_from_spec(spec: str) -> list[tuple[VLMShape, VLMShape]]:
-    """``LARGE[:SMALL],...``; ``all`` gives every pair of the paper.  SMALL defaults to the paper's."""
-    if spec == "all":
-        return [(MODELS[large], MODELS[small]) for large, small in PAIRS.items()]
+    """``LARGE[:SMALL],...``; the item ``all`` gives every pair of the paper.  SMALL defaults to the paper's."""
     pairs = []
     for item in spec.split(","):
+        if item == "all":
+            pairs += [(MODELS[large], MODELS[small]) for large, small in PAIRS.items()]
+            continue
         large, _, small = item.partition(":")
         if not small:
             if large not in PAIRS:

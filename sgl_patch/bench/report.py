@@ -60,11 +60,11 @@ def render(result: dict) -> str:
                             _x(p["whole_speedup"], p["whole_speedup_min"], p["whole_speedup_max"]),
                             _x(p["whole_limit"]), f"{p['whole_achieved_of_limit']:.0%}"] for p in result["prefill"]]))
     if "decode" in result:
-        out.append("\nDecoding (large model): per-token latency and KV cache")
-        out.append(_table(["point", "ms/token", "speed-up", "KV cache", "KV ratio"],
+        out.append("\nDecoding (large model): per-token latency and KV cache; limit = FLOP-predicted")
+        out.append(_table(["point", "ms/token", "speed-up", "limit", "KV cache", "KV ratio"],
                           [[d["point"], f"{d['seconds_per_token'] * 1e3:.2f}",
                             _x(d["speedup"], d.get("speedup_min", 1.0), d.get("speedup_max", 1.0)),
-                            _mib(d["kv_bytes"]), f"{d['kv_ratio']:.1%}"] for d in result["decode"]]))
+                            _x(d["limit"]), _mib(d["kv_bytes"]), f"{d['kv_ratio']:.1%}"] for d in result["decode"]]))
     if "capture" in result:
         c = result["capture"]
         out.append(f"\nImportance capture on the small model ({c['new_tokens']} generated tokens)")

@@ -86,7 +86,11 @@ def config_workload(small_config, large_config, device, dtype) -> Workload:
 
 
 def vlm_shape(model, tile) -> VLMShape:
-    """A Qwen2-VL model's shapes, as ``model_table`` records them, for its tiles of ``tile`` patches."""
+    """A Qwen2-VL model's shapes, as ``model_table`` records them, for its tiles of ``tile`` patches.
+
+    The language model of Qwen2.5-VL reads the same; its encoder (windowed attention, gated MLP)
+    is counted as Qwen2-VL's.
+    """
     text = model.config.text_config
     vision = model.config.vision_config
     embed = getattr(vision, "embed_dim", None) or vision.hidden_size
