@@ -90,11 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
     bench.add_argument("--plot", metavar="PATH", help="write the prefill speed-up plot (PNG; needs matplotlib)")
     bench.add_argument("--sections", default=",".join(SECTIONS),
-                       help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+                       help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); "
+                            "'none' for estimates only")
     bench.add_argument("--config", metavar="SPEC",
-                       help="real models for the FLOP/KV estimates: 'all' (the paper's pairs), table names "
+                       help="add FLOP/KV estimates for real models: 'all' (the paper's pairs), table names "
                             "such as InternVL2-26B or Qwen2-VL-72B:Qwen2-VL-2B, or config.json paths "
-                            "LARGE.json[:SMALL.json], comma-separated")
+                            "LARGE.json[:SMALL.json], comma-separated (with --sections none: estimates only)")
     bench.add_argument("--timed", action="store_true",
                        help="with --config of one Qwen2-VL pair (config.json paths): also time random-weight "
                             "models of those shapes on --device")
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def _bench(args) -> int:
     from . import bench
 
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = [s.strip() for s in args.sections.split(",") if s.strip() and s.strip() != "none"]
     unknown = sorted(set(sections) - set(bench.SECTIONS))
     if unknown:
         raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(bench.SECTIONS)}")

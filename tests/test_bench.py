@@ -140,7 +140,7 @@ def test_config_estimates_for_the_papers_pairs(tmp_path, saved_models):
     path = tmp_path / "estimates.json"
     large = os.path.join(saved_models["qwen2_vl"]["large"], "config.json")
     small = os.path.join(saved_models["qwen2_vl"]["small"], "config.json")
-    done = _bench("--config", f"all,{large}:{small}", "--json", str(path))
+    done = _bench("--config", f"all,{large}:{small}", "--sections", "none", "--json", str(path))
     assert done.returncode == 0, done.stderr
     estimates = json.loads(path.read_text())["estimates"]
     assert len(estimates) == len(PAIRS) + 1

@@ -24,10 +24,13 @@ def run(*, quick=False, device="cpu", dtype="float32", sections=SECTIONS, config
     if config is not None:
         pairs = pairs_from_spec(config)
         result["estimates"] = [estimate_pair(large, small, tiles=tiles) for large, small in pairs]
-        if not timed:
-            result["workload"] = {"name": "config", "description": "estimates only (pass --timed to measure)"}
-            return result
-        if len(pairs) != 1 or any(not str(shape.family).startswith("qwen2") for shape in pairs[0]):
+    if not sections:
+        result["workload"] = {"name": "none", "description": "estimates only (no measured sections)"}
+        return result
+    if timed:
+        qwen_pair = config is not None and len(pairs) == 1 and all(
+            str(shape.family).startswith("qwen2") for shape in pairs[0])
+        if not qwen_pair:
             raise ValueError("--timed needs one Qwen2-VL / Qwen2.5-VL pair given as config.json paths, "
                              "LARGE.json:SMALL.json")
         from transformers import AutoConfig
