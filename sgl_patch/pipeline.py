@@ -138,7 +138,7 @@ def generate(model, state, wrapped, args, kwargs):
     streamer = settings.get("streamer")
     if streamer is not None and exited.all():
         _replay_to_streamer(streamer, imp)
-    return _merge(model, settings, generation_config, imp, exited, remaining, large_out, applied)
+    return _merge(settings, generation_config, imp, exited, large_out, applied)
 
 
 def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1) -> dict:
@@ -155,7 +155,8 @@ def _replay_to_streamer(streamer, imp) -> None:
     streamer.end()
 
 
-def _merge(model, settings, generation_config, imp, exited, remaining, large_out, applied):
+def _merge(settings, generation_config, imp, exited, large_out, applied):
+    """Exited samples' small-model answers and the others' large-model output, in input order."""
     return_dict = settings.get("return_dict_in_generate", generation_config.return_dict_in_generate)
     pad = settings.get("pad_token_id", generation_config.pad_token_id)
     if pad is None:
