@@ -57,8 +57,9 @@ class Importance:
     def select(self, index: torch.Tensor) -> "Importance":
         index = index.to(self.prefill.device)
         mask = self.answer_mask[index] if self.answer_mask is not None else None
+        confidence = self.confidence[index] if self.confidence is not None else None
         return Importance(self.sequences[index], self.prefill[index], self.decode[index],
-                          self.n_visual[index], self.confidence[index], self.prompt_length, mask)
+                          self.n_visual[index], confidence, self.prompt_length, mask)
 
 
 def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,20 +163,22 @@ class CaptureSession:
         else:
             q_sel = query.gather(2, self.row_index[:, None, :, None].expand(batch, heads, n_rows, dim))
         # grouped-query attention without repeating keys: heads of one kv group share its keys
-        q_sel = (q_sel.float() * scaling).reshape(batch, kv_heads, groups * n_rows, dim)
-        logits = torch.matmul(q_sel, key.float().transpose(-1, -2)).view(batch, kv_heads, groups, n_rows, kv_len)
+        q_sel = q_sel.float().reshape(batch * kv_heads, groups * n_rows, dim)
+        keys = key.float().reshape(batch * kv_heads, kv_len, dim).transpose(1, 2)
+        logits = torch.baddbmm(q_sel.new_empty(()), q_sel, keys, beta=0.0, alpha=scaling)
+        logits = logits.view(batch, kv_heads, groups, n_rows, kv_len)
         softcap = kwargs.get("softcap")
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         bias = self._mask_bias(kv_len, key.device)
         if bias is not None:
             logits = logits + bias
-        visual = logits.softmax(-1).gather(-1, self.visual_index[:, None, None, None, :].expand(
-            batch, kv_heads, groups, n_rows, n_vis))
+        probs = logits.softmax(-1)
         if self.row_valid is not None:  # padding rows may see no key at all (NaN): select, not multiply
-            visual = torch.where(self.row_valid, visual, 0.0)
-        # padded visual slots gather junk here; the prefill/decode properties zero them
-        self.target += visual.sum((1, 2, 3))
+            probs = torch.where(self.row_valid, probs, 0.0)
+        # sum over heads and rows first, then read the visual columns (padded slots are zeroed
+        # by the prefill/decode properties)
+        self.target += probs.view(batch, -1, kv_len).sum(1).gather(1, self.visual_index)
 
 
 def _capturing_attention(original):
@@ -268,7 +271,8 @@ def confidence_from_logits(step_logits, new_tokens: torch.Tensor, valid: torch.T
     return torch.exp(logp.sum(1) / count)
 
 
-def generate_with_importance(model, generate_fn, inputs: dict, settings: dict) -> Importance:
+def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
+                             with_confidence: bool = True) -> Importance:
     """Run ``generate_fn`` (the model's generate) under capture and collect everything SEE needs.
 
     ``settings`` are generate's keyword arguments; a ``generation_config`` among them is merged
@@ -279,7 +283,7 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict) -
     settings.pop("streamer", None)
     config = copy.deepcopy(settings.pop("generation_config", None) or model.generation_config)
     settings.update(num_beams=1, num_return_sequences=1, return_dict_in_generate=True,
-                    output_logits=True, output_scores=False, output_attentions=False,
+                    output_logits=with_confidence, output_scores=False, output_attentions=False,
                     output_hidden_states=False)
     other = config.update(**settings)  # returns what is not a generation option
     with capturing(model) as session:
@@ -287,8 +291,10 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict) -
     prompt_length = inputs["input_ids"].shape[1]
     new_tokens = out.sequences[:, prompt_length:]
     valid = answer_mask(new_tokens, eos_ids(config.eos_token_id))
-    confidence = (confidence_from_logits(out.logits, new_tokens, valid) if new_tokens.shape[1]
-                  else torch.ones(new_tokens.shape[0]))
+    confidence = None
+    if with_confidence:
+        confidence = (confidence_from_logits(out.logits, new_tokens, valid) if new_tokens.shape[1]
+                      else torch.ones(new_tokens.shape[0]))
     return Importance(out.sequences, session.prefill, session.decode, session.n_visual,
                       confidence, prompt_length, valid)
 

@@ -86,7 +86,8 @@ def generate(model, state, wrapped, args, kwargs):
     small_settings["generation_config"] = generation_config
     small_inputs = _on(small.device, inputs)
     with torch.no_grad():
-        imp = generate_with_importance(small, small.generate, small_inputs, small_settings)
+        imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
+                                       with_confidence=config.exit_threshold is not None)
     n_visual = visual.sum(1).cpu()
     if not torch.equal(imp.n_visual.cpu(), n_visual):
         row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])

@@ -197,3 +197,27 @@ def test_several_images_per_sample_are_ranked_and_pruned_together(pair):
     for row in range(2):
         ref = reference.pruned_logits(large, single(large, batch, row), imp.scores[row], 2, 0.25)
         torch.testing.assert_close(logits[row, -ref.shape[0]:], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_exit_scores_equal_independent_confidence_and_consistency(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs([(8, 12)], seed=15)
+    imp = sgl_patch.importance(small, max_new_tokens=5, **batch)
+    prompt = batch["input_ids"].shape[1]
+    answer = torch.tensor(strip(imp.sequences[0, prompt:]))
+    n = answer.numel()
+    forced = dict(batch)
+    forced["input_ids"] = torch.cat([batch["input_ids"], answer[None]], 1)
+    forced["attention_mask"] = torch.ones_like(forced["input_ids"])
+    forced["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, n, dtype=torch.long)], 1)
+    # S_confidence: exp(mean log p) of the answer, end token included, from the unpruned small model
+    logp = small(**forced, use_cache=False).logits[0, prompt - 1:prompt - 1 + n].log_softmax(-1)
+    confidence = logp.gather(-1, answer[:, None]).mean().exp()
+    torch.testing.assert_close(imp.confidence[0], confidence, rtol=1e-5, atol=0)
+    # S_consistency: prod p(answer) with the top 25% of visual tokens dropped before layer 0
+    ref = reference.pruned_logits(small, forced, imp.scores[0], 0, 0.25)[-(n + 1):-1].log_softmax(-1)
+    consistency = ref.gather(-1, answer[:, None]).sum().exp()
+    sgl_patch.apply(large, small_model=small, exit_threshold=1.01, consistency_retain=0.25)
+    large.generate(**batch, max_new_tokens=5)
+    recorded = sgl_patch.stats(large)[0]["exit_score"]
+    assert recorded == pytest.approx(float((confidence + consistency) / 2), rel=1e-5)

@@ -25,8 +25,10 @@ def _visual_count(workload: Workload, batch) -> tuple[int, int]:
 
 
 def _importance(workload: Workload, batch, new_tokens: int):
+    """The small model's generate with importance capture (what SGP runs; no SEE scores)."""
     return generate_with_importance(workload.small, workload.small.generate, batch,
-                                    {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens})
+                                    {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens},
+                                    with_confidence=False)
 
 
 def prefill(workload: Workload, progress) -> list[dict]:
