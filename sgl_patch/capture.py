@@ -74,9 +74,11 @@ def _padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class CaptureSession:
     """Accumulates ``A_P`` and ``A_D`` for one ``generate`` call of one model.
 
-    Everything that does not depend on the layer (which rows, which keys each row may see, where
-    the visual tokens are) is prepared once per forward pass, so each layer costs one small
-    matmul, a softmax and a gather.
+    Prefill is scored as it runs: rows, masks and visual positions are prepared once per forward
+    pass, so each layer costs one small matmul, a softmax and a gather.  Decoding steps with a
+    KV cache only keep each layer's newest query (a view); ``finish`` scores all steps of a layer
+    at once against the final cache, which holds every key each step saw (greedy and sampled
+    decoding only append to it).  Without a cache each step is scored as it runs.
     """
 
     def __init__(self, model, adapter):
@@ -91,6 +93,9 @@ class CaptureSession:
         self.row_pos = None      # [b, R] row positions in key coordinates
         self.key_valid = None    # [b, kv] from the 2D attention mask
         self._bias = {}          # kv length -> additive mask [b, 1, 1, R, kv] or None
+        self._cache = None       # the KV cache while decoding steps are deferred
+        self._step_positions = []               # key position of each deferred decoding step
+        self._queries: dict[int, tuple] = {}    # id(module) -> (module, attention kwargs, [queries])
 
     @property
     def prefill(self) -> torch.Tensor:
@@ -135,6 +140,10 @@ class CaptureSession:
             self.row_index, self.row_valid = None, None
             self.row_pos = torch.full((batch, 1), past + q_len - 1, dtype=torch.long, device=device)
             self.target = self._decode
+            deferrable = cache is not None and hasattr(cache, "layers") and q_len == 1
+            self._cache = cache if deferrable else None
+            if deferrable:
+                self._step_positions.append(past)
         self.forwards += 1
 
     def _mask_bias(self, kv_len: int, device):
@@ -151,17 +160,25 @@ class CaptureSession:
 
     # -- called by the attention wrapper --------------------------------------------------
     def record(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
-        n_rows, n_vis = self.row_pos.shape[1], self.visual_index.shape[1]
-        if n_rows == 0 or n_vis == 0:
+        if self.visual_index.shape[1] == 0 or self.row_pos.shape[1] == 0:
             return
-        batch, heads, _, dim = query.shape
-        kv_heads, kv_len = key.shape[1], key.shape[2]
-        groups = heads // kv_heads
-        scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or dim ** -0.5
+        if self.target is self._decode and self._cache is not None:
+            entry = self._queries.setdefault(id(module), (module, kwargs, []))
+            entry[2].append(query[:, :, -1:])
+            return
         if self.row_index is None:
             q_sel = query[:, :, -1:]
         else:
-            q_sel = query.gather(2, self.row_index[:, None, :, None].expand(batch, heads, n_rows, dim))
+            batch, heads, _, dim = query.shape
+            q_sel = query.gather(2, self.row_index[:, None, :, None].expand(batch, heads, -1, dim))
+        self._accumulate(module, q_sel, key, kwargs)
+
+    def _accumulate(self, module, q_sel: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+        """Add sum over heads and rows of softmax(q_sel k^T * scaling + mask)[visual columns]."""
+        batch, heads, n_rows, dim = q_sel.shape
+        kv_heads, kv_len = key.shape[1], key.shape[2]
+        groups = heads // kv_heads
+        scaling = kwargs.get("scaling") or getattr(module, "scaling", None) or dim ** -0.5
         # grouped-query attention without repeating keys: heads of one kv group share its keys
         q_sel = q_sel.float().reshape(batch * kv_heads, groups * n_rows, dim)
         keys = key.float().reshape(batch * kv_heads, kv_len, dim).transpose(1, 2)
@@ -179,6 +196,23 @@ class CaptureSession:
         # sum over heads and rows first, then read the visual columns (padded slots are zeroed
         # by the prefill/decode properties)
         self.target += probs.view(batch, -1, kv_len).sum(1).gather(1, self.visual_index)
+
+    def finish(self, steps_per_pass: int = 128) -> None:
+        """Score the deferred decoding steps: per layer, ``steps_per_pass`` steps in one pass
+        (which bounds the transient ``[heads, steps, keys]`` scores)."""
+        if not self._queries:
+            return
+        positions = torch.tensor(self._step_positions, device=self.key_valid.device)
+        self.row_index, self.row_valid, self.target = None, None, self._decode
+        for start in range(0, positions.numel(), steps_per_pass):
+            chunk = positions[start:start + steps_per_pass]
+            self.row_pos = chunk[None, :].expand(self.key_valid.shape[0], -1)
+            self._bias = {}
+            kv_len = int(chunk[-1]) + 1
+            for module, kwargs, queries in self._queries.values():
+                key = self._cache.layers[module.layer_idx].keys[:, :, :kv_len]
+                self._accumulate(module, torch.cat(queries[start:start + steps_per_pass], dim=2), key, kwargs)
+        self._queries.clear()
 
 
 def _capturing_attention(original):
@@ -288,6 +322,7 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
     other = config.update(**settings)  # returns what is not a generation option
     with capturing(model) as session:
         out = generate_fn(**inputs, generation_config=config, **other)
+        session.finish()
     prompt_length = inputs["input_ids"].shape[1]
     new_tokens = out.sequences[:, prompt_length:]
     valid = answer_mask(new_tokens, eos_ids(config.eos_token_id))

@@ -221,3 +221,28 @@ def test_exit_scores_equal_independent_confidence_and_consistency(pair):
     large.generate(**batch, max_new_tokens=5)
     recorded = sgl_patch.stats(large)[0]["exit_score"]
     assert recorded == pytest.approx(float((confidence + consistency) / 2), rel=1e-5)
+
+
+def test_deferred_decoding_scores_do_not_depend_on_the_pass_size(saved_models, monkeypatch):
+    from sgl_patch import capture
+
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=16)
+    small = load(saved_models["qwen2_vl"]["small"])
+    whole = sgl_patch.importance(small, max_new_tokens=7, **batch)
+    finish = capture.CaptureSession.finish
+    monkeypatch.setattr(capture.CaptureSession, "finish", lambda self: finish(self, steps_per_pass=2))
+    chunked = sgl_patch.importance(small, max_new_tokens=7, **batch)
+    torch.testing.assert_close(chunked.decode, whole.decode, rtol=1e-5, atol=1e-6)
+    assert torch.equal(chunked.prefill, whole.prefill)
+
+
+def test_importance_without_a_cache_equals_with_one(saved_models):
+    from sgl_patch.capture import generate_with_importance
+
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=17)
+    small = load(saved_models["qwen2_vl"]["small"])
+    cached = generate_with_importance(small, small.generate, batch, {"max_new_tokens": 5})
+    uncached = generate_with_importance(small, small.generate, batch, {"max_new_tokens": 5, "use_cache": False})
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(uncached.prefill, cached.prefill, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(uncached.decode, cached.decode, rtol=1e-4, atol=1e-6)
