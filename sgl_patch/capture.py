@@ -219,7 +219,7 @@ def _capturing_attention(original):
     def attention(module, query, key, value, attention_mask=None, **kwargs):
         impl = original
         if impl is None:  # "eager": each modeling file has its own eager function
-            impl = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+            impl = sys.modules[type(module).__module__].eager_attention_forward
         out = impl(module, query, key, value, attention_mask, **kwargs)
         session = _sessions_by_module.get(id(module))
         if session is not None:

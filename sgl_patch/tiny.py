@@ -132,7 +132,7 @@ def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed
     pad = token_id("pad_token_id")
     if pad is None:
         pad = token_id("eos_token_id") or 0
-    vocab = getattr(text_config, "vocab_size", None) or getattr(config, "vocab_size")
+    vocab = getattr(text_config, "vocab_size", None) or config.vocab_size
     patch = vision.patch_size
     temporal = vision.temporal_patch_size
     merge = vision.spatial_merge_size

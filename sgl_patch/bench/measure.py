@@ -233,13 +233,13 @@ def batch_throughput(workload: Workload, progress) -> list[dict]:
     """Samples per second of the large model at several batch sizes, mixed image sizes, pruned vs not."""
     large, clock = workload.large, Clock(workload.device)
     name, k, retain = workload.points()[-1]
+    new = workload.e2e_new_tokens
     results = []
     for size in workload.batch_sizes:
         batch = workload.inputs([1 + (i % workload.e2e_tiles) for i in range(size)], seed=200 + size)
         imp = _importance(workload, batch, 2)
-        new = workload.e2e_new_tokens
 
-        def run(point):
+        def run(point, batch=batch, imp=imp):  # bound now: the loop moves on to the next size
             def call():
                 scope = pruned(large, imp, layer=k, retain=retain) if point else nullcontext()
                 with scope:
