@@ -21,8 +21,9 @@ def consistency(small_model, adapter, importance: Importance, inputs: dict, reta
     valid = importance.answer_mask
     # An answer that contains a visual placeholder id cannot be fed back (the model would look for
     # image features for it): feed a text id there instead and give the sample no consistency.
-    placeholder = (adapter.visual_mask(small_model, answer) & valid).any(1)
-    answer = answer.masked_fill(adapter.visual_mask(small_model, answer), _text_id(small_model))
+    is_placeholder = adapter.visual_mask(small_model, answer)
+    placeholder = (is_placeholder & valid).any(1)
+    answer = answer.masked_fill(is_placeholder, _text_id(small_model))
     forced = adapter.extend_inputs(inputs, answer, valid)
     with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain):
         logits = small_model(**forced, use_cache=False, logits_to_keep=n_answer + 1).logits

@@ -112,26 +112,20 @@ def generate(model, state, wrapped, args, kwargs):
     # 2. large model, pruned, on the samples that did not exit
     started = time.perf_counter()
     remaining = (~exited).nonzero().squeeze(1)
-    large_out, plan = None, None
+    large_out = None
     if remaining.numel():
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
         sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
-        with pruned(model, sub_imp, layer=applied.layer, retain=config.retain) as run:
+        with pruned(model, sub_imp, layer=applied.layer, retain=config.retain):
             large_out = wrapped(**sub_inputs, **settings)
-        plan = run.plans[0] if run.plans else None
     large_seconds = time.perf_counter() - started
 
     # 3. records and merged output
-    kept = {}
-    if plan is not None:
-        step = plan.n_kept.shape[0] // max(1, remaining.numel())
-        for i, sample in enumerate(remaining.tolist()):
-            kept[sample] = int(plan.n_kept[i * step])
     for i in range(batch):
         score = None if exit_scores is None or n_visual[i] == 0 else float(exit_scores[i])
-        # None: the large model never saw an exited sample
-        n_kept = None if exited[i] else kept.get(i, keep_count(int(n_visual[i]), config.retain))
+        # the count the pruning plan keeps; None: the large model never saw an exited sample
+        n_kept = None if exited[i] else keep_count(int(n_visual[i]), config.retain)
         applied.stats.add(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
                                   small_seconds, 0.0 if exited[i] else large_seconds, batch))
     if not exited.any():

@@ -81,7 +81,6 @@ class PruneRun:
         self.layer, self.retain = layer, retain
         self.text_config = adapter.text_config(model)
         self.plan: PrunePlan | None = None
-        self.plans: list[PrunePlan] = []   # every prompt plan made, for stats
         self._forward = None               # (past length, 2D mask, covers prompt)
         self._layer_inputs = None          # kwargs for layers K.. of the current forward
 
@@ -100,16 +99,12 @@ class PruneRun:
             if self.layer == 0 and cache is not None:
                 raise ValueError("layer=0 cannot be used with a KV cache (transformers reads the cache "
                                  "length from layer 0): pass use_cache=False or prune at layer >= 1")
-            batch = input_ids.shape[0]
             if mask is None:
                 mask = torch.ones_like(input_ids, dtype=torch.bool)
             self.plan = self._make_plan(input_ids, mask.bool())
-            if self.plan is not None:
-                self.plans.append(self.plan)
         elif mask is None:
-            batch = input_ids.shape[0] if input_ids is not None else call["inputs_embeds"].shape[0]
-            q_len = (input_ids if input_ids is not None else call["inputs_embeds"]).shape[1]
-            mask = torch.ones(batch, past + q_len, dtype=torch.bool)
+            new = input_ids if input_ids is not None else call["inputs_embeds"]
+            mask = torch.ones(new.shape[0], past + new.shape[1], dtype=torch.bool, device=new.device)
         self._forward = (past, mask.bool(), past == 0)
         self._layer_inputs = None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import flops
 from .model_table import MODELS, PAIRS, LanguageShape, VisionShape, VLMShape
-from .model_table import INTERNVIT_6B_448_V1_5, QWEN2_VL_VIT, SIGLIP_SO400M_384_LLAVA_OV  # noqa: F401
+from .model_table import SIGLIP_SO400M_384_LLAVA_OV
 from .workload import PAPER_DEPTH, PAPER_POINTS
 
 
