@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from .adapters import adapter_for, supported_classes
 from .capture import Importance, importance
 from .config import SGLConfig, disabled, retain_for_ratio, token_ratio
@@ -48,44 +50,44 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
         dtype and device.  Defaults: layer=2, retain=0.05, exit_threshold=None (no early exit),
         consistency_retain=0.05.  Options not given come from ``SGL_SMALL_MODEL``, ``SGL_LAYER``,
         ``SGL_RETAIN``, ``SGL_EXIT_THRESHOLD``, ``SGL_CONSISTENCY_RETAIN``; ``SGL_DISABLE=1`` makes
-        this a no-op.  Applying again replaces the options.
+        this a no-op.  Applying again replaces the options.  Every check (options, the pair, the
+        stats file) runs before anything is patched: a refused call leaves the model as it was.
     """
     if disabled():
         logger.info("sgl_patch: SGL_DISABLE is set; %s left unpatched", type(model).__name__)
         return SGLHandle(model, None, None)
+    adapter = adapter_for(model)
     given = {name: value for name, value in (
         ("layer", layer), ("retain", retain), ("exit_threshold", exit_threshold),
         ("consistency_retain", consistency_retain)) if value is not _UNSET}
     if small_model is not None:
         given["small_model"] = small_model
     config = SGLConfig.from_env_and_args(**given)
-    adapter = adapter_for(model)
+    num_layers = len(adapter.decoder_layers(model))
+    k = config.resolve_layer(num_layers)
     if config.small_model is None:
         raise ValueError("sgl_patch.apply needs a small model: pass small_model=<model or path> "
                          "or set SGL_SMALL_MODEL")
     small = _load_small(model, config.small_model)
-    if small is model:
-        raise ValueError("small_model is the large model itself; pass a smaller model of the same family")
-    if adapter_for(small).family != adapter.family:
-        raise ValueError(f"small model {type(small).__name__} is not of the large model's family "
-                         f"({type(model).__name__}); SGL needs a small VLM of the same family")
-    num_layers = len(adapter.decoder_layers(model))
-    k = config.resolve_layer(num_layers)
+    _check_pair(model, small, adapter)
     if config.exit_threshold is not None:
         _check_same_tokens(model, small)
 
     from . import state as model_state
     from .pipeline import Applied
+    from .records import StatsLog
 
+    applied = Applied(config=config, small_model=small, layer=k, stats=StatsLog())
     state = model_state.attach(model)
     replaced = state.applied is not None
-    state.applied = Applied(config=config, small_model=small, layer=k)
+    state.applied = applied
     logger.info("sgl_patch: %s %s (%d decoder layers) with small model %s (%d layers): layer=%d, "
                 "retain=%s, exit_threshold=%s, consistency_retain=%s",
                 "re-patched" if replaced else "patched", type(model).__name__, num_layers,
                 type(small).__name__, len(adapter.decoder_layers(small)), k, config.retain,
                 config.exit_threshold, config.consistency_retain)
-    return SGLHandle(model, config, k, state.applied.stats)
+    return SGLHandle(model, config, k, applied.stats)
+
 
 
 def remove(model) -> None:
@@ -113,21 +115,56 @@ def stats(model) -> list[dict]:
 
 
 def _load_small(large, small):
-    if not isinstance(small, str):
-        return small
-    logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
-    loaded = type(large).from_pretrained(
-        small, dtype=large.dtype, attn_implementation=large.config._attn_implementation)
-    return loaded.to(large.device).eval()
+    if isinstance(small, str):
+        logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
+        loaded = type(large).from_pretrained(
+            small, dtype=large.dtype, attn_implementation=large.config._attn_implementation)
+        return loaded.to(large.device).eval()
+    if not isinstance(small, torch.nn.Module):
+        raise TypeError(f"small_model must be a model or a local path / hub id, got {type(small).__name__}")
+    return small
+
+
+def _check_pair(large, small, adapter) -> None:
+    """The small model must turn every input into the same visual tokens as the large one."""
+    if small is large:
+        raise ValueError("small_model is the large model itself; pass a smaller model of the same family")
+    try:
+        small_adapter = adapter_for(small)
+    except TypeError as error:
+        raise TypeError(f"small_model: {error}") from None
+    if small_adapter.family != adapter.family:
+        raise ValueError(f"small_model {type(small).__name__} is not of the large model's family "
+                         f"({type(large).__name__}); SGL needs a small VLM of the same family")
+    differences = []
+    large_ids, small_ids = adapter.visual_token_ids(large), small_adapter.visual_token_ids(small)
+    if large_ids != small_ids:
+        differences.append(f"visual placeholder ids: large {large_ids} vs small {small_ids}")
+    large_geometry, small_geometry = adapter.vision_geometry(large), small_adapter.vision_geometry(small)
+    for path, value in large_geometry.items():
+        if small_geometry.get(path) != value:
+            differences.append(f"{path}: large {value!r} vs small {small_geometry.get(path)!r}")
+    if differences:
+        raise ValueError("small_model cannot guide this model: the two would see different visual tokens "
+                         "for the same input (" + "; ".join(differences) + "). Use a small model of the "
+                         "same family and vision geometry, with one processor for both.")
+    large_size, small_size = _parameter_count(large), _parameter_count(small)
+    if small_size > large_size:
+        logger.warning("sgl_patch: the small model (%s parameters) is larger than the model it guides "
+                       "(%s parameters); SGL saves time only when the guide is the smaller one",
+                       f"{small_size:,}", f"{large_size:,}")
+
+
+def _parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _check_same_tokens(large, small) -> None:
     """Early exit returns the small model's tokens as the large model's: they must mean the same."""
     differences = []
-    for where, attr in [("config", "image_token_id"), ("config", "video_token_id"),
-                        ("generation_config", "eos_token_id"), ("generation_config", "pad_token_id"),
-                        ("generation_config", "bos_token_id")]:
-        a, b = getattr(getattr(large, where), attr, None), getattr(getattr(small, where), attr, None)
+    # (visual placeholder ids are checked for every pair by _check_pair)
+    for attr in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        a, b = getattr(large.generation_config, attr, None), getattr(small.generation_config, attr, None)
         if a != b:
             differences.append(f"{attr}: large {a!r} vs small {b!r}")
     large_vocab = large.get_output_embeddings().weight.shape[0]

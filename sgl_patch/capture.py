@@ -17,19 +17,18 @@ from __future__ import annotations
 import copy
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from . import state as model_state
+from .adapters import adapter_for
 
 _install_lock = threading.Lock()
 _install_count = 0
 _saved_local: dict[str, object] = {}
 _MISSING = object()
-# id(attention module) -> the session that records it
-_sessions_by_module: dict[int, "CaptureSession"] = {}
 
 
 @dataclass
@@ -83,7 +82,7 @@ class CaptureSession:
 
     def __init__(self, model, adapter):
         self.model, self.adapter = model, adapter
-        self.module_ids = [id(m) for m in adapter.attention_modules(model)]
+        self.module_ids = frozenset(id(m) for m in adapter.attention_modules(model))
         self.forwards = 0
         self._prefill = self._decode = None
         self.visual_index = self.visual_valid = self.n_visual = None
@@ -221,9 +220,10 @@ def _capturing_attention(original):
         if impl is None:  # "eager": each modeling file has its own eager function
             impl = sys.modules[type(module).__module__].eager_attention_forward
         out = impl(module, query, key, value, attention_mask, **kwargs)
-        session = _sessions_by_module.get(id(module))
-        if session is not None:
-            session.record(module, query, key, kwargs)
+        # only sessions of this thread's own calls, and only for their model's text attention
+        for call in model_state.active_calls():
+            if call.capture is not None and id(module) in call.capture.module_ids:
+                call.capture.record(module, query, key, kwargs)
         return out
 
     attention.__sgl_original__ = original
@@ -262,23 +262,15 @@ def _remove_attention_wrappers() -> None:
 
 @contextmanager
 def capturing(model):
-    """Record importance on ``model`` for the duration; yields the ``CaptureSession``."""
-    state = model_state.attach(model)
-    if state.capture is not None:
-        raise RuntimeError("importance is already being captured on this model")
-    session = CaptureSession(model, state.adapter)
-    state.capture = session
-    for module_id in session.module_ids:
-        _sessions_by_module[module_id] = session
-    _install_attention_wrappers()
-    try:
-        yield session
-    finally:
-        _remove_attention_wrappers()
-        for module_id in session.module_ids:
-            _sessions_by_module.pop(module_id, None)
-        state.capture = None
-        model_state.detach_if_idle(model)
+    """Record importance on ``model`` for the duration, in this context only; yields the
+    ``CaptureSession``.  Inside, ``model.generate`` runs as a plain model's, even if it is patched."""
+    session = CaptureSession(model, adapter_for(model))
+    with model_state.calling(model, capture=session):
+        _install_attention_wrappers()
+        try:
+            yield session
+        finally:
+            _remove_attention_wrappers()
 
 
 def answer_mask(new_tokens: torch.Tensor, eos_token_ids) -> torch.Tensor:
@@ -320,7 +312,7 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
                     output_logits=with_confidence, output_scores=False, output_attentions=False,
                     output_hidden_states=False)
     other = config.update(**settings)  # returns what is not a generation option
-    with capturing(model) as session:
+    with _own_random_stream(model, sampling=bool(config.do_sample)), capturing(model) as session:
         out = generate_fn(**inputs, generation_config=config, **other)
         session.finish()
     prompt_length = inputs["input_ids"].shape[1]
@@ -342,12 +334,20 @@ def importance(small_model, max_new_tokens: int = 32, **inputs) -> Importance:
     model: from text tokens after the first visual token during prefill, and from every forward
     pass of decoding.
     """
-    state = model_state.attach(small_model)
-    state.bypass += 1
-    try:
-        return generate_with_importance(small_model, small_model.generate, inputs,
-                                        {"max_new_tokens": max_new_tokens, "do_sample": False})
-    finally:
-        state.bypass -= 1
-        model_state.detach_if_idle(small_model)
+    return generate_with_importance(small_model, small_model.generate, inputs,
+                                    {"max_new_tokens": max_new_tokens, "do_sample": False})
 
+
+def _own_random_stream(model, sampling: bool):
+    """A sampling small model draws from a fork of torch's random state, which is put back after,
+    so the large model then draws exactly what it draws unpatched (a seeded call stays seeded)."""
+    if not sampling:
+        return nullcontext()
+    accelerators = {p.device for p in model.parameters() if p.device.type not in ("cpu", "meta")}
+    if not accelerators:
+        return torch.random.fork_rng(devices=[])
+    kinds = {d.type for d in accelerators}
+    if len(kinds) > 1:  # fork_rng forks one accelerator kind; never seen on one model
+        raise NotImplementedError(f"a small model spread over {sorted(kinds)} cannot sample reproducibly")
+    kind = kinds.pop()
+    return torch.random.fork_rng(devices=sorted(d.index or 0 for d in accelerators), device_type=kind)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "SGL_"
-_TRUE = {"1", "true", "yes", "on"}
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"", "0", "false", "no", "off", "n", "f"}
+
+
+def check_fraction(name: str, value) -> None:
+    """``value`` must be a real number in (0, 1]: ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1], got {type(value).__name__} {value!r}")
+    if not 0.0 < value <= 1.0:  # NaN fails this too
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
 
 
 @dataclass
@@ -27,6 +36,8 @@ class SGLConfig:
     retain: float = 0.05
     exit_threshold: float | None = None
     consistency_retain: float = 0.05
+    # option -> the ``SGL_*`` variable and raw text it was read from, so errors name the variable
+    from_environment: dict = field(default_factory=dict, repr=False, compare=False)
 
     _ENV = {
         "small_model": "SGL_SMALL_MODEL",
@@ -40,43 +51,48 @@ class SGLConfig:
     def from_env_and_args(cls, environ=None, **given) -> "SGLConfig":
         """Arguments that are given win; the rest come from the environment, then defaults."""
         environ = os.environ if environ is None else environ
-        values = {}
-        for f in fields(cls):
-            if f.name in given:
-                values[f.name] = given[f.name]
-            elif cls._ENV[f.name] in environ:
-                values[f.name] = _parse(f.name, cls._ENV[f.name], environ[cls._ENV[f.name]])
-        config = cls(**values)
+        values, sources = {}, {}
+        for name, var in cls._ENV.items():
+            if name in given:
+                values[name] = given[name]
+            elif var in environ:
+                values[name] = _parse(name, var, environ[var])
+                sources[name] = (var, environ[var])
+        config = cls(**values, from_environment=sources)
         config.validate()
         return config
 
     def validate(self, num_layers: int | None = None) -> None:
-        """Raise ``ValueError`` naming the option, its value and the allowed range."""
-        if isinstance(self.layer, bool) or not isinstance(self.layer, (int, float)):
-            raise ValueError(f"layer must be an int K >= 0 or a float in (0, 1), got {self.layer!r}")
-        if isinstance(self.layer, float) and not 0.0 < self.layer < 1.0:
-            raise ValueError(
-                f"layer={self.layer} is a float, so it means a fraction of the depth and must be in (0, 1); "
-                "pass an int for an absolute layer index")
-        if isinstance(self.layer, int) and self.layer < 0:
-            raise ValueError(f"layer must be >= 0, got {self.layer}")
-        if num_layers is not None and isinstance(self.layer, int) and self.layer >= num_layers:
-            raise ValueError(f"layer={self.layer} is out of range: the large model has {num_layers} decoder "
-                             f"layers, so layer must be in [0, {num_layers - 1}]")
-        for name in ("retain", "consistency_retain"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
-        t = self.exit_threshold
-        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0):
-            raise ValueError(f"exit_threshold must be a number >= 0 (scores lie in [0, 1]; above 1 never exits) "
-                             f"or None to disable early exit, got {t!r}")
+        """Raise ``TypeError``/``ValueError`` naming the option (or the ``SGL_*`` variable it came
+        from), its value and the allowed range."""
+        for name, check in (("layer", lambda: _check_layer(self.layer, num_layers)),
+                            ("retain", lambda: check_fraction("retain", self.retain)),
+                            ("consistency_retain", lambda: check_fraction("consistency_retain",
+                                                                          self.consistency_retain)),
+                            ("exit_threshold", lambda: _check_threshold(self.exit_threshold))):
+            try:
+                check()
+            except (TypeError, ValueError) as error:
+                if name not in self.from_environment:
+                    raise
+                var, raw = self.from_environment[name]
+                raise ValueError(f"{var}={raw.strip()} is out of range: {error}") from None
 
     def resolve_layer(self, num_layers: int) -> int:
         """K as an index into the large model's decoder layers."""
-        k = round(self.layer * num_layers) if isinstance(self.layer, float) else self.layer
         self.validate(num_layers)
-        return min(k, num_layers - 1)
+        if isinstance(self.layer, int):
+            return self.layer
+        k = min(round(self.layer * num_layers), num_layers - 1)
+        if k == 0:
+            message = (f"layer={self.layer} of {num_layers} decoder layers resolves to K=0, which prunes "
+                       "before the first layer and cannot be used with a KV cache; pass a larger fraction "
+                       f"(above {0.5 / num_layers:.3g}) or an int layer >= 1")
+            if "layer" in self.from_environment:
+                var, raw = self.from_environment["layer"]
+                message = f"{var}={raw.strip()} is out of range: {message}"
+            raise ValueError(message)
+        return k
 
     def describe(self) -> str:
         small = self.small_model if isinstance(self.small_model, str) else type(self.small_model).__name__
@@ -84,9 +100,40 @@ class SGLConfig:
                 f"exit_threshold={self.exit_threshold}, consistency_retain={self.consistency_retain}")
 
 
+def _check_layer(layer, num_layers: int | None) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, (int, float)):
+        raise TypeError(f"layer must be an int K >= 0 or a float in (0, 1), got {type(layer).__name__} {layer!r}")
+    if isinstance(layer, float) and not 0.0 < layer < 1.0:
+        raise ValueError(
+            f"layer={layer} is a float, so it means a fraction of the depth and must be in (0, 1); "
+            "pass an int for an absolute layer index")
+    if isinstance(layer, int) and layer < 0:
+        raise ValueError(f"layer must be >= 0, got {layer}")
+    if num_layers is not None and isinstance(layer, int) and layer >= num_layers:
+        raise ValueError(f"layer={layer} is out of range: the large model has {num_layers} decoder "
+                         f"layers, so layer must be in [0, {num_layers - 1}]")
+
+
+def _check_threshold(threshold) -> None:
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"exit_threshold must be a number or None, got {type(threshold).__name__} {threshold!r}")
+    if math.isnan(threshold) or threshold < 0:
+        raise ValueError(f"exit_threshold must be a number >= 0 (scores lie in [0, 1]; above 1 never exits) "
+                         f"or None to disable early exit, got {threshold!r}")
+
+
 def disabled(environ=None) -> bool:
+    """``SGL_DISABLE`` as a boolean (1/0, true/false, yes/no, on/off; unset or empty is false)."""
     environ = os.environ if environ is None else environ
-    return environ.get("SGL_DISABLE", "").strip().lower() in _TRUE
+    raw = environ.get("SGL_DISABLE", "")
+    text = raw.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"SGL_DISABLE={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
 
 
 def _parse(name: str, var: str, raw: str):

@@ -16,7 +16,7 @@ from . import state as model_state
 from .capture import generate_with_importance
 from .config import SGLConfig
 from .exit import consistency, decision_scores
-from .prune import count_mismatch_message, keep_count, pruned
+from .prune import count_mismatch_message, pruned
 from .records import StatsLog
 
 logger = logging.getLogger("sgl_patch")
@@ -48,9 +48,10 @@ def _split_call(wrapped, args, kwargs) -> tuple[dict, dict]:
         call["input_ids"] = call.pop("inputs")
     inputs, settings = {}, {}
     for key, value in call.items():
-        is_input = key not in _SETTING_KEYS and (isinstance(value, torch.Tensor) or value is None)
+        # None values are settings too (top_p=None): they reach generate exactly as given
+        is_input = key not in _SETTING_KEYS and isinstance(value, torch.Tensor)
         (inputs if is_input else settings)[key] = value
-    return {k: v for k, v in inputs.items() if v is not None}, settings
+    return inputs, settings
 
 
 def _on(device, inputs: dict) -> dict:
@@ -71,8 +72,8 @@ def generate(model, state, wrapped, args, kwargs):
         started = time.perf_counter()
         out = wrapped(*args, **kwargs)
         seconds = time.perf_counter() - started
-        for _ in range(input_ids.shape[0]):
-            applied.stats.add(_record(0, 0, applied.layer, False, None, 0.0, seconds, input_ids.shape[0]))
+        applied.stats.add([_record(0, 0, applied.layer, False, None, 0.0, seconds, input_ids.shape[0])
+                           for _ in range(input_ids.shape[0])])
         return out
 
     config = applied.config
@@ -84,7 +85,8 @@ def generate(model, state, wrapped, args, kwargs):
     started = time.perf_counter()
     small_settings = {k: v for k, v in settings.items() if k != "streamer"}
     small_settings["generation_config"] = generation_config
-    small_inputs = _on(small.device, inputs)
+    # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
+    small_inputs = _on(small.device, {k: v for k, v in inputs.items() if k != "inputs_embeds"})
     with torch.no_grad():
         imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
                                        with_confidence=config.exit_threshold is not None)
@@ -112,28 +114,44 @@ def generate(model, state, wrapped, args, kwargs):
     # 2. large model, pruned, on the samples that did not exit
     started = time.perf_counter()
     remaining = (~exited).nonzero().squeeze(1)
-    large_out = None
+    large_out, kept = None, {}
     if remaining.numel():
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
         sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
-        with pruned(model, sub_imp, layer=applied.layer, retain=config.retain):
+        with pruned(model, sub_imp, layer=applied.layer, retain=config.retain,
+                    prompt_ids=sub_inputs["input_ids"]) as run:
             large_out = wrapped(**sub_inputs, **settings)
+        kept = _kept_per_sample(run.prompt_plan, remaining)
     large_seconds = time.perf_counter() - started
 
     # 3. records and merged output
+    records = []
+    if remaining.numel() and not kept and bool(visual.any(1)[remaining.to(visual.device)].any()):
+        applied.warn_once("unpruned", "sgl_patch: generate never ran a forward over the prompt, so "
+                                      "nothing was pruned; records show n_kept=None")
     for i in range(batch):
         score = None if exit_scores is None or n_visual[i] == 0 else float(exit_scores[i])
-        # the count the pruning plan keeps; None: the large model never saw an exited sample
-        n_kept = None if exited[i] else keep_count(int(n_visual[i]), config.retain)
-        applied.stats.add(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
-                                  small_seconds, 0.0 if exited[i] else large_seconds, batch))
+        # n_kept: what the applied pruning plan kept; None: not pruned (exited, or no plan applied)
+        n_kept = kept.get(i, 0 if n_visual[i] == 0 and not exited[i] else None)
+        records.append(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
+                               small_seconds, 0.0 if exited[i] else large_seconds, batch))
+    applied.stats.add(records)
     if not exited.any():
         return large_out
     streamer = settings.get("streamer")
     if streamer is not None and exited.all():
         _replay_to_streamer(streamer, imp)
     return _merge(settings, generation_config, imp, exited, large_out, applied)
+
+
+def _kept_per_sample(plan, samples: torch.Tensor) -> dict[int, int]:
+    """Visual tokens the applied plan kept, by input row; generate expands rows for beams and
+    return sequences, so sample j's plan rows are j*n .. j*n+n-1."""
+    if plan is None:  # no forward over the prompt was pruned: the records must not claim it was
+        return {}
+    repeat = plan.n_kept.shape[0] // samples.numel()
+    return {int(s): int(plan.n_kept[j * repeat]) for j, s in enumerate(samples.tolist())}
 
 
 def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1) -> dict:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 import torch
 
 from . import state as model_state
+from .adapters import adapter_for
+from .config import check_fraction
 
 
 def keep_count(n_visual: int, retain: float) -> int:
@@ -75,12 +77,16 @@ def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch
 class PruneRun:
     """Pruning state of one model inside ``pruned()``; per-forward context set by the model wrapper."""
 
-    def __init__(self, model, adapter, scores, n_visual, layer: int, retain: float):
+    def __init__(self, model, adapter, scores, n_visual, layer: int, retain: float, prompt_ids=None):
         self.model, self.adapter = model, adapter
+        self.prompt_ids = prompt_ids       # for a prefill fed inputs_embeds only
         self.scores, self.expected_n_visual = scores, n_visual
         self.layer, self.retain = layer, retain
         self.text_config = adapter.text_config(model)
         self.plan: PrunePlan | None = None
+        self.prompt_plan: PrunePlan | None = None   # the plan of the first forward over the prompt
+        # id(decoder layer K + i) -> i: the layers whose inputs this run rewrites
+        self.layer_offsets = {id(m): i for i, m in enumerate(adapter.decoder_layers(model)[layer:])}
         self._forward = None               # (past length, 2D mask, covers prompt)
         self._layer_inputs = None          # kwargs for layers K.. of the current forward
 
@@ -94,6 +100,8 @@ class PruneRun:
                                       "4D masks (static caches, torch.compile) are not supported yet")
         if past == 0:
             if input_ids is None:
+                input_ids = self._ids_for_embeds(call.get("inputs_embeds"))
+            if input_ids is None:
                 raise ValueError("SGL pruning needs input_ids to locate visual tokens; "
                                  "call the model with input_ids, not inputs_embeds")
             if self.layer == 0 and cache is not None:
@@ -102,11 +110,21 @@ class PruneRun:
             if mask is None:
                 mask = torch.ones_like(input_ids, dtype=torch.bool)
             self.plan = self._make_plan(input_ids, mask.bool())
+            if self.prompt_plan is None:
+                self.prompt_plan = self.plan
         elif mask is None:
             new = input_ids if input_ids is not None else call["inputs_embeds"]
             mask = torch.ones(new.shape[0], past + new.shape[1], dtype=torch.bool, device=new.device)
         self._forward = (past, mask.bool(), past == 0)
         self._layer_inputs = None
+
+    def _ids_for_embeds(self, embeds):
+        """generate feeds ``inputs_embeds`` without ids to the first forward when a caller gives
+        both: the prompt's ids (expanded like the embeddings for beams) still say what is visual."""
+        ids = self.prompt_ids
+        if ids is None or embeds is None or embeds.shape[1] != ids.shape[1] or embeds.shape[0] % ids.shape[0]:
+            return None
+        return ids.repeat_interleave(embeds.shape[0] // ids.shape[0], 0).to(embeds.device)
 
     def _make_plan(self, input_ids, mask) -> PrunePlan | None:
         visual = self.adapter.visual_mask(self.model, input_ids)
@@ -197,33 +215,30 @@ def _as_scores(scores):
 
 
 @contextmanager
-def pruned(model, scores, *, layer: int, retain: float):
+def pruned(model, scores, *, layer: int, retain: float, prompt_ids=None):
     """Inside this context every forward and ``generate`` of ``model`` drops visual tokens.
 
     ``scores``: an ``Importance`` (its counts are checked against the model's) or a float tensor
     ``[batch, max_visual]`` shaped like ``Importance.scores``.  Kept tokens keep their positions.
+    ``prompt_ids``: the prompt's ``input_ids``, needed only when the model will be called with
+    ``inputs_embeds`` and no ids (``generate(input_ids=..., inputs_embeds=...)`` does that).
+    The pruning belongs to this thread's context: other threads using ``model`` are unaffected.
+    Arguments are checked before anything is patched.
     """
-    state = model_state.attach(model)
-    layers = state.adapter.decoder_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+    adapter = adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int decoder-layer index, got {type(layer).__name__} {layer!r}")
+    if not 0 <= layer < len(layers):
         raise ValueError(f"layer must be an int in [0, {len(layers) - 1}] for this model, got {layer!r}")
-    if not 0.0 < retain <= 1.0:
-        raise ValueError(f"retain must be a fraction in (0, 1], got {retain!r}")
-    if state.prune is not None:
-        raise RuntimeError("this model is already inside pruned()")
-    _check_full_attention(state.adapter.text_config(model))
+    check_fraction("retain", retain)
+    _check_full_attention(adapter.text_config(model))
     score_tensor, n_visual = _as_scores(scores)
-    run = PruneRun(model, state.adapter, score_tensor, n_visual, layer, retain)
-    state.prune = run
-    for offset, decoder_layer in enumerate(layers[layer:]):
-        decoder_layer.__dict__[model_state.LAYER_ATTR] = (run, offset)
-    try:
+    if prompt_ids is not None and not (isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2):
+        raise TypeError("prompt_ids must be a [batch, length] tensor of input ids")
+    run = PruneRun(model, adapter, score_tensor, n_visual, layer, retain, prompt_ids)
+    with model_state.calling(model, prune=run):
         yield run
-    finally:
-        for decoder_layer in layers[layer:]:
-            decoder_layer.__dict__.pop(model_state.LAYER_ATTR, None)
-        state.prune = None
-        model_state.detach_if_idle(model)
 
 
 def _check_full_attention(text_config) -> None:

@@ -1,15 +1,27 @@
-"""Per-instance SGL state and the class-level wrappers that read it.
+"""Where SGL state lives: options on the model instance, everything about one call in the call's context.
 
-A model carries SGL state in ``model.__dict__[STATE_ATTR]`` only while something of ours acts on
-it (importance capture, pruning, or ``apply``).  The wrappers on its class look that up first and
-call straight through when it is missing, which is the case for every other instance - the small
-model above all, which is usually the same class as the large one.
+Two kinds of state, kept apart so that threads never see each other's work:
+
+* ``ModelState`` (in ``model.__dict__[STATE_ATTR]``) holds what belongs to the model: the family
+  adapter, the options of ``apply`` and how many calls of ours are using the model.  While it
+  exists, the class-level wrappers below are installed on the model's classes.
+* ``ModelCall`` (in a ``contextvars.ContextVar``) holds what belongs to one call: the importance
+  being captured on a model, the pruning applied to it.  Each thread (and each asyncio task)
+  starts with its own context, so a small model guiding a large one in one thread is a plain
+  model to a direct call in another, and one model can serve several threads at once.
+
+The wrappers look up the current context first; when it holds nothing for their instance (every
+call outside our own code, the small model's direct calls above all), they call straight through.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import inspect
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,47 +29,121 @@ from . import patching
 from .adapters import Adapter, adapter_for
 
 STATE_ATTR = "_sgl_state"
-LAYER_ATTR = "_sgl_layer"
+
+
+def _unpatched():
+    return None
 
 
 @dataclass
 class ModelState:
     adapter: Adapter
-    capture: Any = None    # capture.CaptureSession while importance is recorded
-    prune: Any = None      # prune.PruneRun while visual tokens are dropped
     applied: Any = None    # pipeline.Applied after ``apply``
-    bypass: int = 0        # >0 while our own code calls the original ``generate``
+    users: int = 0         # calls of ours (capture, pruning) running on the model, in any thread
     release: Any = None    # gives back this model's class-wrapper references, once
 
+    # a copy of a patched model (deepcopy, pickle, torch.save) is an unpatched model: patches,
+    # options and the small model belong to one instance
     def __deepcopy__(self, memo):
-        # a deep copy of a patched model is an unpatched model: patches belong to one instance
         return None
+
+    def __reduce__(self):
+        return _unpatched, ()
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What one call of ours does to one model, in the current context."""
+
+    capture: Any = None    # capture.CaptureSession: importance is being recorded
+    prune: Any = None      # prune.PruneRun: visual tokens are being dropped
+
+
+# id(model) -> ModelCall, for the calls of ours running in this context.  Never mutated in place:
+# entering a call sets a new mapping, leaving it resets the previous one.
+_calls: contextvars.ContextVar[dict[int, ModelCall]] = contextvars.ContextVar("sgl_calls", default={})
+_lifecycle = threading.RLock()
 
 
 def get_state(model) -> ModelState | None:
     return model.__dict__.get(STATE_ATTR)
 
 
+def current_call(model) -> ModelCall | None:
+    return _calls.get().get(id(model))
+
+
+def active_calls():
+    """The ``ModelCall``s of this context (empty outside our own code)."""
+    return _calls.get().values()
+
+
+@contextmanager
+def calling(model, **what):
+    """Run the body with ``what`` (capture=... or prune=...) set for ``model`` in this context only.
+
+    The model's class wrappers stay installed for the duration, whatever other threads do.
+    """
+    previous = current_call(model) or ModelCall()
+    for name, value in what.items():
+        if getattr(previous, name) is not None:
+            raise RuntimeError(f"{type(model).__name__} is already in a {name} call of sgl_patch in this "
+                               "thread; nested calls on one model are not supported")
+    state = acquire(model)
+    token = _calls.set({**_calls.get(), id(model): dataclasses.replace(previous, **what)})
+    try:
+        yield state
+    finally:
+        _calls.reset(token)
+        release(model)
+
+
 def attach(model) -> ModelState:
     """The model's state, creating it (and installing the class wrappers) if needed."""
-    state = get_state(model)
-    if state is not None:
+    with _lifecycle:
+        state = get_state(model)
+        if state is not None:
+            return state
+        adapter = adapter_for(model)
+        state = ModelState(adapter=adapter)
+        layer_cls = type(adapter.decoder_layers(model)[0])
+        wrapped = []
+        for cls, name, wrapper in ((type(model), "forward", _model_forward),
+                                   (type(model), "generate", _model_generate),
+                                   (layer_cls, "forward", _layer_forward)):
+            patching.wrap_method(cls, name, wrapper)
+            wrapped.append((cls, name))
+        routed = [_route_device_hook(module, wrapper) for module, wrapper in
+                  [(model, _model_forward)] + [(layer, _layer_forward) for layer in adapter.decoder_layers(model)]]
+        # also when the model is garbage-collected while patched, so classes never stay wrapped
+        state.release = weakref.finalize(model, _unwrap_all, wrapped, [r for r in routed if r])
+        model.__dict__[STATE_ATTR] = state
         return state
-    adapter = adapter_for(model)
-    state = ModelState(adapter=adapter)
-    layer_cls = type(adapter.decoder_layers(model)[0])
-    wrapped = []
-    for cls, name, wrapper in ((type(model), "forward", _model_forward),
-                               (type(model), "generate", _model_generate),
-                               (layer_cls, "forward", _layer_forward)):
-        patching.wrap_method(cls, name, wrapper)
-        wrapped.append((cls, name))
-    routed = [_route_device_hook(module, wrapper) for module, wrapper in
-              [(model, _model_forward)] + [(layer, _layer_forward) for layer in adapter.decoder_layers(model)]]
-    # also when the model is garbage-collected while patched, so classes never stay wrapped
-    state.release = weakref.finalize(model, _unwrap_all, wrapped, [r for r in routed if r])
-    model.__dict__[STATE_ATTR] = state
-    return state
+
+
+def acquire(model) -> ModelState:
+    with _lifecycle:
+        state = attach(model)
+        state.users += 1
+        return state
+
+
+def release(model) -> None:
+    with _lifecycle:
+        state = get_state(model)
+        if state is not None:
+            state.users -= 1
+            detach_if_idle(model)
+
+
+def detach_if_idle(model) -> None:
+    """Drop the state and our class wrappers once nothing of ours acts on the model."""
+    with _lifecycle:
+        state = get_state(model)
+        if state is None or state.users or state.applied is not None:
+            return
+        del model.__dict__[STATE_ATTR]
+        state.release()
 
 
 def _route_device_hook(module, wrapper):
@@ -86,15 +172,6 @@ def _unwrap_all(wrapped, routed) -> None:
         patching.unwrap_method(cls, name)
 
 
-def detach_if_idle(model) -> None:
-    """Drop the state and our class wrappers once nothing of ours acts on the model."""
-    state = get_state(model)
-    if state is None or state.capture or state.prune or state.applied:
-        return
-    del model.__dict__[STATE_ATTR]
-    state.release()
-
-
 _signatures: dict[Any, inspect.Signature] = {}
 
 
@@ -112,30 +189,35 @@ def bind_arguments(function, args, kwargs) -> dict:
     return out
 
 
+# -- the class-level wrappers -------------------------------------------------------------------
 def _model_forward(wrapped, instance, args, kwargs):
-    state = instance.__dict__.get(STATE_ATTR)
-    if state is None or (state.capture is None and state.prune is None):
+    call = _calls.get().get(id(instance))
+    if call is None:
         return wrapped(*args, **kwargs)
-    call = bind_arguments(wrapped, args, kwargs)
-    if state.capture is not None:
-        state.capture.begin_forward(call)
-    if state.prune is not None:
-        state.prune.begin_forward(call)
+    bound = bind_arguments(wrapped, args, kwargs)
+    if call.capture is not None:
+        call.capture.begin_forward(bound)
+    if call.prune is not None:
+        call.prune.begin_forward(bound)
     return wrapped(*args, **kwargs)
 
 
 def _model_generate(wrapped, instance, args, kwargs):
     state = instance.__dict__.get(STATE_ATTR)
-    # inside pruned() the caller chose the scores: run the large model alone
-    if state is None or state.applied is None or state.bypass or state.prune is not None:
+    # Our own calls (a small model guiding another, a model inside pruned()) run generate as it
+    # is: the caller chose the scores; a guiding model acts as a plain small model.
+    if state is None or state.applied is None or _calls.get().get(id(instance)) is not None:
         return wrapped(*args, **kwargs)
     from .pipeline import generate  # late import: pipeline imports this module
     return generate(instance, state, wrapped, args, kwargs)
 
 
 def _layer_forward(wrapped, instance, args, kwargs):
-    hook = instance.__dict__.get(LAYER_ATTR)
-    if hook is None:
-        return wrapped(*args, **kwargs)
-    run, offset = hook
-    return run.call_layer(offset, wrapped, args, kwargs)
+    calls = _calls.get()
+    if calls:
+        for call in calls.values():
+            if call.prune is not None:
+                offset = call.prune.layer_offsets.get(id(instance))
+                if offset is not None:
+                    return call.prune.call_layer(offset, wrapped, args, kwargs)
+    return wrapped(*args, **kwargs)

@@ -78,7 +78,12 @@ def test_layer_fraction_from_environment(saved_models):
 
 @pytest.mark.parametrize("var,value,message", [
     ("SGL_RETAIN", "lots", "SGL_RETAIN='lots' is not valid: expected a number in (0, 1]"),
-    ("SGL_RETAIN", "2", "retain must be a fraction in (0, 1], got 2.0"),
+    ("SGL_RETAIN", "2", "SGL_RETAIN=2 is out of range: retain must be a fraction in (0, 1], got 2.0"),
+    ("SGL_CONSISTENCY_RETAIN", "0", "SGL_CONSISTENCY_RETAIN=0 is out of range: consistency_retain must be"),
+    ("SGL_LAYER", "6", "SGL_LAYER=6 is out of range: layer=6 is out of range: the large model has 6"),
+    ("SGL_LAYER", "0.05", "SGL_LAYER=0.05 is out of range: layer=0.05 of 6 decoder layers resolves to K=0"),
+    ("SGL_EXIT_THRESHOLD", "-1", "SGL_EXIT_THRESHOLD=-1 is out of range: exit_threshold must be a number >= 0"),
+    ("SGL_DISABLE", "maybe", "SGL_DISABLE='maybe' is not a boolean: use 1/0, true/false, yes/no or on/off"),
     ("SGL_LAYER", "two", "SGL_LAYER='two' is not valid: expected an int layer index"),
     ("SGL_EXIT_THRESHOLD", "high", "SGL_EXIT_THRESHOLD='high' is not valid"),
 ])
@@ -87,3 +92,23 @@ def test_bad_environment_values_give_clear_errors(saved_models, var, value, mess
     done = run({"SGL_SMALL_MODEL": paths["small"], var: value}, paths["large"])
     assert done.returncode != 0
     assert message in done.stderr
+
+
+@pytest.mark.parametrize("value,is_disabled", [("true", True), (" ON ", True), ("Yes", True),
+                                                ("0", False), ("off", False), ("", False)])
+def test_disable_accepts_the_usual_boolean_spellings(saved_models, value, is_disabled):
+    paths = saved_models["qwen2_vl"]
+    done = run({"SGL_DISABLE": value, "SGL_SMALL_MODEL": paths["small"], "SGL_RETAIN": "0.25"}, paths["large"])
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["active"] is not is_disabled
+    assert len(result["stats"]) == (0 if is_disabled else 2)
+
+
+def test_stats_file_in_a_missing_directory_fails_at_apply(saved_models, tmp_path):
+    paths = saved_models["qwen2_vl"]
+    target = tmp_path / "no-such-dir" / "stats.jsonl"
+    done = run({"SGL_SMALL_MODEL": paths["small"], "SGL_STATS_FILE": str(target)}, paths["large"])
+    assert done.returncode != 0 and done.stdout == ""
+    assert f"SGL_STATS_FILE={target} cannot be written" in done.stderr
+    assert "in apply" in done.stderr  # raised by sgl_patch.apply, before any generation

@@ -17,6 +17,9 @@ class Adapter:
     visual_token_id_attrs: tuple[str, ...]
     # model inputs that are aligned with ``input_ids`` position by position
     token_aligned_keys: tuple[str, ...] = ()
+    # dotted config paths of everything that decides how many visual tokens an input becomes;
+    # a small and a large model must agree on all of them
+    vision_geometry_attrs: tuple[str, ...] = ()
 
     # -- where things are ---------------------------------------------------------------
     def language_model(self, model):
@@ -45,6 +48,16 @@ class Adapter:
         for token_id in self.visual_token_ids(model):
             mask |= input_ids == token_id
         return mask
+
+    def vision_geometry(self, model) -> dict:
+        """``{config path: value}`` for ``vision_geometry_attrs``."""
+        out = {}
+        for path in self.vision_geometry_attrs:
+            value = model.config
+            for part in path.split("."):
+                value = getattr(value, part, None)
+            out[path] = value
+        return out
 
     # -- batches ---------------------------------------------------------------------------
     def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:

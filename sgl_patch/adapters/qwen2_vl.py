@@ -62,4 +62,6 @@ ADAPTER = Qwen2VLAdapter(
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_id", "video_token_id"),
     token_aligned_keys=("mm_token_type_ids",),
+    vision_geometry_attrs=("vision_config.patch_size", "vision_config.spatial_merge_size",
+                           "vision_config.temporal_patch_size"),
 )

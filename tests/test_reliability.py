@@ -1,0 +1,405 @@
+"""The core as services and eval harnesses drive it: threads, shared and chained small models,
+seeded sampling, copies and saving, and bad input refused before anything is patched."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import sgl_patch
+from sgl_patch import patching, tiny
+
+from conftest import load
+
+MIXED = [(8, 8), (4, 8)]
+XL = tiny.TinySize(hidden=128, layers=8, heads=8, kv_heads=2)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def pause_small_model_in(thread_name: str, small, reached: threading.Event, resume: threading.Event):
+    """Make ``small``'s first decoder layer block, in the named thread only, until ``resume``:
+    the other thread then runs whole calls while this one is inside the small model."""
+    done = []
+
+    def hook(module, args, kwargs):
+        if threading.current_thread().name == thread_name and not done:
+            done.append(1)
+            reached.set()
+            assert resume.wait(60), "the other thread never finished"
+
+    return small.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def run_in_thread(name, target):
+    result = {}
+
+    def body():
+        try:
+            with torch.no_grad():
+                result["value"] = target()
+        except BaseException as error:  # handed to the test below
+            result["error"] = error
+
+    thread = threading.Thread(target=body, name=name)
+    thread.start()
+    return thread, result
+
+
+def outcome(thread, result):
+    thread.join(120)
+    assert not thread.is_alive()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+# -- 1, 2: concurrency and shared small models ----------------------------------------------------
+def test_one_small_model_guides_two_large_models_from_many_threads(saved_models, family):
+    small = load(saved_models[family]["small"])
+    large_a = load(saved_models[family]["large"])
+    large_b = tiny.qwen2_vl_model(XL, family, seed=5)
+    sgl_patch.apply(large_a, small_model=small, layer=2, retain=0.25)
+    sgl_patch.apply(large_b, small_model=small, layer=3, retain=0.1, exit_threshold=0.3)
+    calls = [(model, tiny.qwen2_vl_inputs(sides, seed=seed))
+             for seed, sides in enumerate([MIXED, [(8, 8)], [(4, 4), (8, 4), (4, 8)], [(8, 12)]])
+             for model in (large_a, large_b)]
+    sequential = [model.generate(**batch, max_new_tokens=5) for model, batch in calls]
+
+    def one(i):
+        with torch.no_grad():
+            model, batch = calls[i % len(calls)]
+            return i % len(calls), model.generate(**batch, max_new_tokens=5)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, range(3 * len(calls))))
+    for i, out in results:
+        assert torch.equal(out, sequential[i]), f"call {i} differs from its sequential result"
+    assert "_sgl_state" not in small.__dict__  # the small model is left plain
+
+
+def test_two_large_models_capture_on_one_small_model_at_once(saved_models):
+    """Deterministic overlap: thread A is paused inside the small model's capture for large A
+    while thread B runs large B's whole call through the same small model."""
+    paths = saved_models["qwen2_vl"]
+    small, large_a = load(paths["small"]), load(paths["large"])
+    large_b = tiny.qwen2_vl_model(XL, seed=6)
+    batch_a, batch_b = tiny.qwen2_vl_inputs(MIXED, seed=50), tiny.qwen2_vl_inputs([(8, 12)], seed=51)
+    sgl_patch.apply(large_a, small_model=small, retain=0.25, exit_threshold=0.4)
+    sgl_patch.apply(large_b, small_model=small, retain=0.1)
+    expected_a = large_a.generate(**batch_a, max_new_tokens=5)
+    expected_b = large_b.generate(**batch_b, max_new_tokens=5)
+    reached, resume = threading.Event(), threading.Event()
+    handle = pause_small_model_in("A", small, reached, resume)
+    try:
+        thread_a, result_a = run_in_thread("A", lambda: large_a.generate(**batch_a, max_new_tokens=5))
+        assert reached.wait(60)
+        got_b = large_b.generate(**batch_b, max_new_tokens=5)
+        resume.set()
+        got_a = outcome(thread_a, result_a)
+    finally:
+        resume.set()
+        handle.remove()
+    assert torch.equal(got_a, expected_a) and torch.equal(got_b, expected_b)
+
+
+def test_small_model_called_directly_while_it_guides_in_another_thread(pair):
+    small, large = pair
+    batch_large, batch_small = tiny.qwen2_vl_inputs(MIXED, seed=52), tiny.qwen2_vl_inputs([(4, 8)], seed=53)
+    plain = small.generate(**batch_small, max_new_tokens=5)
+    plain_importance = sgl_patch.importance(small, max_new_tokens=3, **batch_small)
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    expected = large.generate(**batch_large, max_new_tokens=5)
+    reached, resume = threading.Event(), threading.Event()
+    handle = pause_small_model_in("guiding", small, reached, resume)
+    try:
+        thread, result = run_in_thread("guiding", lambda: large.generate(**batch_large, max_new_tokens=5))
+        assert reached.wait(60)
+        direct = small.generate(**batch_small, max_new_tokens=5)
+        direct_importance = sgl_patch.importance(small, max_new_tokens=3, **batch_small)
+        resume.set()
+        guided = outcome(thread, result)
+    finally:
+        resume.set()
+        handle.remove()
+    assert torch.equal(direct, plain)
+    torch.testing.assert_close(direct_importance.scores, plain_importance.scores, rtol=1e-6, atol=0)
+    assert torch.equal(guided, expected)
+
+
+def test_one_patched_model_serves_several_threads(pair):
+    small, large = pair
+    sgl_patch.apply(large, small_model=small, retain=0.25, exit_threshold=0.5)
+    batches = [tiny.qwen2_vl_inputs(sides, seed=60 + i) for i, sides in enumerate([MIXED, [(8, 8)], [(4, 4)]])]
+    sequential = [large.generate(**b, max_new_tokens=4) for b in batches]
+    n_records = len(sgl_patch.stats(large))
+
+    def one(i):
+        with torch.no_grad():
+            return large.generate(**batches[i % 3], max_new_tokens=4)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(one, range(9)))
+    for i, out in enumerate(results):
+        assert torch.equal(out, sequential[i % 3])
+    assert len(sgl_patch.stats(large)) == n_records + 3 * (2 + 1 + 1)
+
+
+# -- 3: chains ---------------------------------------------------------------------------------
+def test_chained_pairs_each_guide_as_a_plain_model(saved_models, family):
+    tiny_model = load(saved_models[family]["small"])
+    middle = load(saved_models[family]["large"])
+    big = tiny.qwen2_vl_model(XL, family, seed=7)
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=54)
+    sgl_patch.apply(big, small_model=middle, layer=2, retain=0.25)
+    guided_by_plain_middle = big.generate(**batch, max_new_tokens=5)
+    sgl_patch.apply(middle, small_model=tiny_model, layer=1, retain=0.25)  # 72B <- 7B <- 2B
+    assert torch.equal(big.generate(**batch, max_new_tokens=5), guided_by_plain_middle)
+    assert sgl_patch.stats(middle) == []  # guiding, the middle model ran plain
+
+    reference_middle = load(saved_models[family]["large"])
+    sgl_patch.apply(reference_middle, small_model=load(saved_models[family]["small"]), layer=1, retain=0.25)
+    expected_direct = reference_middle.generate(**batch, max_new_tokens=5)
+    assert torch.equal(middle.generate(**batch, max_new_tokens=5), expected_direct)
+    assert [r["n_kept"] for r in sgl_patch.stats(middle)] == [4, 2]
+
+
+# -- 4: the random stream ------------------------------------------------------------------------
+def test_seeded_sampling_is_unchanged_at_retain_one(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=55)
+    settings = dict(max_new_tokens=6, do_sample=True, temperature=1.5, top_k=0)
+    torch.manual_seed(3)
+    base = large.generate(**batch, **settings)
+    after_base = torch.rand(3)
+    sgl_patch.apply(large, small_model=small, layer=2, retain=1.0)
+    torch.manual_seed(3)
+    assert torch.equal(large.generate(**batch, **settings), base)
+    assert torch.equal(torch.rand(3), after_base)  # the stream after the call is where it was
+
+
+# -- 5: copies and saving ---------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_a_saved_patched_model_loads_unpatched_and_can_be_applied_again(pair, how):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=56)
+    base = large.generate(**batch, max_new_tokens=5)
+    plain_size = len(pickle.dumps(large))
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    large.generate(**batch, max_new_tokens=5)
+    if how == "pickle":
+        data = pickle.dumps(large)
+        assert len(data) < plain_size + 4096  # the small model is not inside
+        loaded = pickle.loads(data)
+    else:
+        buffer = io.BytesIO()
+        torch.save(large, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+    assert loaded.__dict__.get("_sgl_state") is None
+    assert sgl_patch.stats(loaded) == []
+    assert torch.equal(loaded.generate(**batch, max_new_tokens=5), base)
+    sgl_patch.apply(loaded, small_model=small, retain=0.25)
+    loaded.generate(**batch, max_new_tokens=5)
+    assert [r["n_kept"] for r in sgl_patch.stats(loaded)] == [4, 2]
+    sgl_patch.remove(loaded)
+    assert torch.equal(loaded.generate(**batch, max_new_tokens=5), base)
+
+
+def test_save_pretrained_of_a_patched_model_writes_only_its_own_weights(pair, tmp_path):
+    from safetensors.torch import load_file
+
+    small, large = pair
+    large.save_pretrained(tmp_path / "plain")
+    sgl_patch.apply(large, small_model=small, retain=0.25, exit_threshold=0.5)
+    large.save_pretrained(tmp_path / "patched")
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    patched = load_file(tmp_path / "patched" / "model.safetensors")
+    assert plain.keys() == patched.keys()
+    assert all(torch.equal(plain[k], patched[k]) for k in plain)
+    assert (tmp_path / "plain" / "config.json").read_text() == (tmp_path / "patched" / "config.json").read_text()
+
+
+# -- 6, 7: bad input is refused before anything is patched -------------------------------------------
+def _snapshot(model):
+    layer_cls = type(model.model.language_model.layers[0])
+    return {
+        "model class": dict(type(model).__dict__),
+        "layer class": dict(layer_cls.__dict__),
+        "attention table": dict(ALL_ATTENTION_FUNCTIONS._local_mapping),
+        "installed wrappers": dict(patching._installed),
+        "model attributes": set(model.__dict__),
+        "layer attributes": [set(layer.__dict__) for layer in model.model.language_model.layers],
+    }
+
+
+def _same(before, after):
+    for what in before:
+        a, b = before[what], after[what]
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), what
+            assert all(a[k] is b[k] for k in a), what
+        else:
+            assert a == b, what
+
+
+def _other_geometry_small(family):
+    config = tiny.qwen2_vl_config(tiny.SMALL, family)
+    config.vision_config.spatial_merge_size = 1
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_config(config).eval()
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2))
+
+
+def _other_ids_small(small):
+    small.config.video_token_id = 300
+    return small
+
+
+def _other_eos_small(small):
+    small.generation_config.eos_token_id = 7
+    return small
+
+
+APPLY_REFUSALS = [
+    ({"retain": "0.5"}, TypeError, r"retain must be a number in \(0, 1\], got str '0.5'"),
+    ({"retain": 0.0}, ValueError, r"retain must be a fraction in \(0, 1\], got 0.0"),
+    ({"retain": float("nan")}, ValueError, "retain must be a fraction"),
+    ({"layer": "2"}, TypeError, "layer must be an int K >= 0 or a float in \\(0, 1\\), got str '2'"),
+    ({"layer": 6}, ValueError, "layer=6 is out of range: the large model has 6 decoder layers"),
+    ({"layer": 0.05}, ValueError, "layer=0.05 of 6 decoder layers resolves to K=0"),
+    ({"exit_threshold": "high"}, TypeError, "exit_threshold must be a number or None, got str"),
+    ({"consistency_retain": 2}, ValueError, "consistency_retain must be a fraction"),
+    ({"small_model": 42}, TypeError, "small_model must be a model or a local path / hub id, got int"),
+    ({"small_model": "large itself"}, ValueError, "small_model is the large model itself"),
+    ({"small_model": _llama}, TypeError, "small_model: sgl_patch does not support LlamaForCausalLM"),
+    ({"small_model": "other geometry"}, ValueError,
+     r"small_model cannot guide this model.*vision_config.spatial_merge_size: large 2 vs small 1"),
+    ({"small_model": _other_ids_small}, ValueError,
+     r"small_model cannot guide this model.*visual placeholder ids: large \[5, 6\] vs small \[5, 300\]"),
+    ({"small_model": _other_eos_small, "exit_threshold": 0.5}, ValueError, "eos_token_id: large 2 vs small 7"),
+]
+
+
+@pytest.mark.parametrize("already_patched", [False, True], ids=["fresh", "patched"])
+@pytest.mark.parametrize("options,error,message", APPLY_REFUSALS,
+                         ids=[f"{i}-{list(o)[0]}" for i, (o, _, _) in enumerate(APPLY_REFUSALS)])
+def test_refused_apply_changes_nothing(pair, family, options, error, message, already_patched):
+    small, large = pair
+    handle = sgl_patch.apply(large, small_model=small, retain=0.5) if already_patched else None
+    options = dict(options)
+    chosen = options.get("small_model", small)
+    if chosen == "large itself":
+        chosen = large
+    elif chosen == "other geometry":
+        chosen = _other_geometry_small(family)
+    elif chosen is _llama:
+        chosen = _llama()
+    elif callable(chosen) and not isinstance(chosen, torch.nn.Module):
+        chosen = chosen(small)
+    options["small_model"] = chosen
+    before = _snapshot(large)
+    with pytest.raises(error, match=message):
+        sgl_patch.apply(large, **options)
+    _same(before, _snapshot(large))
+    if already_patched:
+        assert large.__dict__["_sgl_state"].applied.config is handle.config  # the old options stay
+    else:
+        assert "_sgl_state" not in large.__dict__
+
+
+PRUNED_REFUSALS = [
+    ({"retain": "0.5"}, TypeError, "retain must be a number"),
+    ({"retain": 0}, ValueError, "retain must be a fraction"),
+    ({"layer": 6}, ValueError, r"layer must be an int in \[0, 5\]"),
+    ({"layer": 1.5}, TypeError, "layer must be an int decoder-layer index"),
+    ({"scores": "high"}, TypeError, "scores must be an Importance"),
+    ({"prompt_ids": [1, 2]}, TypeError, "prompt_ids must be a"),
+]
+
+
+@pytest.mark.parametrize("options,error,message", PRUNED_REFUSALS,
+                         ids=[list(o)[0] + str(i) for i, (o, _, _) in enumerate(PRUNED_REFUSALS)])
+def test_refused_pruned_changes_nothing(pair, options, error, message):
+    small, large = pair
+    arguments = {"scores": torch.ones(1, 16), "layer": 2, "retain": 0.5, **options}
+    before = _snapshot(large)
+    with pytest.raises(error, match=message):
+        with sgl_patch.pruned(large, **arguments):
+            pass
+    _same(before, _snapshot(large))
+    assert "_sgl_state" not in large.__dict__
+
+
+def test_a_small_model_larger_than_the_large_one_gets_a_warning(pair, caplog):
+    small, large = pair
+    with caplog.at_level(logging.WARNING, logger="sgl_patch"):
+        sgl_patch.apply(small, small_model=large)
+    assert any("is larger than the model it guides" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sgl_patch"):
+        sgl_patch.apply(large, small_model=small)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_stats_file_that_cannot_be_written_fails_at_apply(pair, tmp_path, monkeypatch):
+    small, large = pair
+    monkeypatch.setenv("SGL_STATS_FILE", str(tmp_path / "missing" / "stats.jsonl"))
+    before = _snapshot(large)
+    with pytest.raises(ValueError, match=r"SGL_STATS_FILE=.*missing.*cannot be written"):
+        sgl_patch.apply(large, small_model=small)
+    monkeypatch.setenv("SGL_STATS_FILE", str(tmp_path))  # a directory
+    with pytest.raises(ValueError, match="SGL_STATS_FILE=.*cannot be written"):
+        sgl_patch.apply(large, small_model=small)
+    _same(before, _snapshot(large))
+
+
+# -- 9, 10: calls as harnesses make them; records ------------------------------------------------
+def test_input_ids_with_inputs_embeds_works_as_unpatched(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=57)
+    embeds = large.get_input_embeddings()(batch["input_ids"])
+    base = large.generate(**batch, inputs_embeds=embeds, max_new_tokens=5)
+    sgl_patch.apply(large, small_model=small, retain=1.0)
+    assert torch.equal(large.generate(**batch, inputs_embeds=embeds, max_new_tokens=5), base)
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    with_embeds = large.generate(**batch, inputs_embeds=embeds, max_new_tokens=5, num_beams=2)
+    assert torch.equal(with_embeds, large.generate(**batch, max_new_tokens=5, num_beams=2))
+    assert [r["n_kept"] for r in sgl_patch.stats(large)] == [4, 2, 4, 2]
+
+
+def test_records_report_the_tokens_the_applied_plan_kept(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs([(8, 12)], seed=58)
+    sgl_patch.apply(large, small_model=small, layer=2, retain=0.3)
+    out = large.generate(**batch, max_new_tokens=4, return_dict_in_generate=True)
+    record = sgl_patch.stats(large)[0]
+    cache = out.past_key_values
+    full, at_k = cache.layers[1].keys.shape[2], cache.layers[2].keys.shape[2]
+    assert record["n_visual"] == 24 and full - at_k == record["n_visual"] - record["n_kept"]
+    assert record["n_kept"] == 8
+
+
+def test_settings_passed_as_none_reach_generate_as_given(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=59)
+    for model in (small, large):  # the models' own default, which a None must override
+        model.generation_config.max_new_tokens = 3
+    base = large.generate(**batch, max_new_tokens=None, top_p=None)
+    assert base.shape[1] != batch["input_ids"].shape[1] + 3  # None did override the default
+    sgl_patch.apply(large, small_model=small, retain=1.0)
+    assert torch.equal(large.generate(**batch, max_new_tokens=None, top_p=None), base)
+
