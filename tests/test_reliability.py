@@ -23,41 +23,39 @@ XL = tiny.TinySize(hidden=128, layers=8, heads=8, kv_heads=2)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def pause_small_model_in(thread_name: str, small, reached: threading.Event, resume: threading.Event):
-    """Make ``small``'s first decoder layer block, in the named thread only, until ``resume``:
-    the other thread then runs whole calls while this one is inside the small model."""
-    done = []
+def while_paused_inside(small, background, foreground):
+    """Run ``background()`` in a thread until it is inside ``small``'s first decoder layer, hold
+    it there while ``foreground()`` runs whole calls in this thread, then let it finish.
+
+    A deterministic overlap: returns (background's result, foreground's result)."""
+    reached, resume, result = threading.Event(), threading.Event(), {}
 
     def hook(module, args, kwargs):
-        if threading.current_thread().name == thread_name and not done:
-            done.append(1)
+        if threading.current_thread().name == "background" and not reached.is_set():
             reached.set()
-            assert resume.wait(60), "the other thread never finished"
-
-    return small.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def run_in_thread(name, target):
-    result = {}
+            assert resume.wait(60), "the foreground never finished"
 
     def body():
         try:
             with torch.no_grad():
-                result["value"] = target()
-        except BaseException as error:  # handed to the test below
+                result["value"] = background()
+        except BaseException as error:  # re-raised in the test's thread below
             result["error"] = error
 
-    thread = threading.Thread(target=body, name=name)
-    thread.start()
-    return thread, result
-
-
-def outcome(thread, result):
-    thread.join(120)
+    handle = small.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    thread = threading.Thread(target=body, name="background")
+    try:
+        thread.start()
+        assert reached.wait(60), "the background call never reached the small model"
+        foreground_result = foreground()
+    finally:
+        resume.set()
+        thread.join(120)
+        handle.remove()
     assert not thread.is_alive()
     if "error" in result:
         raise result["error"]
-    return result["value"]
+    return result["value"], foreground_result
 
 
 # -- 1, 2: concurrency and shared small models ----------------------------------------------------
@@ -95,17 +93,8 @@ def test_two_large_models_capture_on_one_small_model_at_once(saved_models):
     sgl_patch.apply(large_b, small_model=small, retain=0.1)
     expected_a = large_a.generate(**batch_a, max_new_tokens=5)
     expected_b = large_b.generate(**batch_b, max_new_tokens=5)
-    reached, resume = threading.Event(), threading.Event()
-    handle = pause_small_model_in("A", small, reached, resume)
-    try:
-        thread_a, result_a = run_in_thread("A", lambda: large_a.generate(**batch_a, max_new_tokens=5))
-        assert reached.wait(60)
-        got_b = large_b.generate(**batch_b, max_new_tokens=5)
-        resume.set()
-        got_a = outcome(thread_a, result_a)
-    finally:
-        resume.set()
-        handle.remove()
+    got_a, got_b = while_paused_inside(small, lambda: large_a.generate(**batch_a, max_new_tokens=5),
+                                       lambda: large_b.generate(**batch_b, max_new_tokens=5))
     assert torch.equal(got_a, expected_a) and torch.equal(got_b, expected_b)
 
 
@@ -116,18 +105,10 @@ def test_small_model_called_directly_while_it_guides_in_another_thread(pair):
     plain_importance = sgl_patch.importance(small, max_new_tokens=3, **batch_small)
     sgl_patch.apply(large, small_model=small, retain=0.25)
     expected = large.generate(**batch_large, max_new_tokens=5)
-    reached, resume = threading.Event(), threading.Event()
-    handle = pause_small_model_in("guiding", small, reached, resume)
-    try:
-        thread, result = run_in_thread("guiding", lambda: large.generate(**batch_large, max_new_tokens=5))
-        assert reached.wait(60)
-        direct = small.generate(**batch_small, max_new_tokens=5)
-        direct_importance = sgl_patch.importance(small, max_new_tokens=3, **batch_small)
-        resume.set()
-        guided = outcome(thread, result)
-    finally:
-        resume.set()
-        handle.remove()
+    guided, (direct, direct_importance) = while_paused_inside(
+        small, lambda: large.generate(**batch_large, max_new_tokens=5),
+        lambda: (small.generate(**batch_small, max_new_tokens=5),
+                 sgl_patch.importance(small, max_new_tokens=3, **batch_small)))
     assert torch.equal(direct, plain)
     torch.testing.assert_close(direct_importance.scores, plain_importance.scores, rtol=1e-6, atol=0)
     assert torch.equal(guided, expected)
