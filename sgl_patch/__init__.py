@@ -15,7 +15,7 @@ import torch
 from .adapters import adapter_for, supported_classes
 from .capture import Importance, importance
 from .config import SGLConfig, disabled, retain_for_ratio, token_ratio
-from .prune import pruned
+from .prune import check_full_attention, pruned
 
 __version__ = "0.1.0"
 logger = logging.getLogger("sgl_patch")
@@ -65,6 +65,7 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
     config = SGLConfig.from_env_and_args(**given)
     num_layers = len(adapter.decoder_layers(model))
     k = config.resolve_layer(num_layers)
+    check_full_attention(adapter.text_config(model))
     if config.small_model is None:
         raise ValueError("sgl_patch.apply needs a small model: pass small_model=<model or path> "
                          "or set SGL_SMALL_MODEL")
@@ -78,9 +79,7 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
     from .records import StatsLog
 
     applied = Applied(config=config, small_model=small, layer=k, stats=StatsLog())
-    state = model_state.attach(model)
-    replaced = state.applied is not None
-    state.applied = applied
+    replaced = model_state.set_applied(model, applied)
     logger.info("sgl_patch: %s %s (%d decoder layers) with small model %s (%d layers): layer=%d, "
                 "retain=%s, exit_threshold=%s, consistency_retain=%s",
                 "re-patched" if replaced else "patched", type(model).__name__, num_layers,
@@ -94,12 +93,9 @@ def remove(model) -> None:
     """Undo ``apply``: afterwards ``model`` behaves exactly as if it had never been patched."""
     from . import state as model_state
 
-    state = model_state.get_state(model)
-    if state is None or state.applied is None:
+    if not model_state.clear_applied(model):
         logger.info("sgl_patch: %s was not patched; nothing to remove", type(model).__name__)
         return
-    state.applied = None
-    model_state.detach_if_idle(model)
     logger.info("sgl_patch: removed from %s", type(model).__name__)
 
 

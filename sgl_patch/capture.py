@@ -1,9 +1,10 @@
 """Importance capture: attention that visual tokens receive in the small model, summed cheaply.
 
-While a capture session runs, every entry of transformers' attention dispatch table (SDPA, the
-FlashAttention family, flex, and ``eager``, which is not in the table but is looked up by that
-key) is replaced in place by a wrapper that first calls the original - so the model keeps its
-backend and its padding masks - then, for the small model's text attention modules only, adds
+While a capture session runs (in any thread), every entry of transformers' attention dispatch
+table (SDPA, the FlashAttention family, flex) is replaced in place by a wrapper, and so is the
+eager function each modeling file passes to the table's lookup as its default.  The wrapper first
+calls the original - so the model keeps its backend and its padding masks - then, for the text
+attention modules of a model captured by a call of the current context only, adds
 
     sum over heads and selected query rows of softmax(q k^T * scaling + mask)[rows, visual]
 
@@ -15,12 +16,12 @@ holds the originals and nothing of ours runs.
 from __future__ import annotations
 
 import copy
-import sys
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import wrapt
 
 from . import state as model_state
 from .adapters import adapter_for
@@ -29,6 +30,7 @@ _install_lock = threading.Lock()
 _install_count = 0
 _saved_local: dict[str, object] = {}
 _MISSING = object()
+_GET_INTERFACE = object()  # the key under which the table's own lookup is saved
 
 
 @dataclass
@@ -216,10 +218,7 @@ class CaptureSession:
 
 def _capturing_attention(original):
     def attention(module, query, key, value, attention_mask=None, **kwargs):
-        impl = original
-        if impl is None:  # "eager": each modeling file has its own eager function
-            impl = sys.modules[type(module).__module__].eager_attention_forward
-        out = impl(module, query, key, value, attention_mask, **kwargs)
+        out = original(module, query, key, value, attention_mask, **kwargs)
         # only sessions of this thread's own calls, and only for their model's text attention
         for call in model_state.active_calls():
             if call.capture is not None and id(module) in call.capture.module_ids:
@@ -230,6 +229,16 @@ def _capturing_attention(original):
     return attention
 
 
+def _eager_get_interface(wrapped, instance, args, kwargs):
+    """``"eager"`` is not in the table: each modeling file passes its own eager function as the
+    default (some name it otherwise), so wrap whatever this lookup resolves to."""
+    impl = wrapped(*args, **kwargs)
+    name = args[0] if args else kwargs.get("attn_implementation")
+    if name == "eager" and "eager" not in instance:
+        return _capturing_attention(impl)
+    return impl
+
+
 def _install_attention_wrappers() -> None:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as table
 
@@ -238,10 +247,11 @@ def _install_attention_wrappers() -> None:
         _install_count += 1
         if _install_count > 1:
             return
-        for key in list(table.keys()) + ["eager"]:
+        for key in list(table.keys()):
             _saved_local[key] = table._local_mapping.get(key, _MISSING)
-            original = table[key] if key in table else None
-            table[key] = _capturing_attention(original)
+            table[key] = _capturing_attention(table[key])
+        _saved_local[_GET_INTERFACE] = table.__dict__.get("get_interface", _MISSING)
+        wrapt.wrap_function_wrapper(table, "get_interface", _eager_get_interface)
 
 
 def _remove_attention_wrappers() -> None:
@@ -252,6 +262,11 @@ def _remove_attention_wrappers() -> None:
         _install_count -= 1
         if _install_count > 0:
             return
+        previous_lookup = _saved_local.pop(_GET_INTERFACE)
+        if previous_lookup is _MISSING:
+            del table.__dict__["get_interface"]
+        else:
+            table.__dict__["get_interface"] = previous_lookup
         for key, previous in _saved_local.items():
             if previous is _MISSING:
                 table._local_mapping.pop(key, None)

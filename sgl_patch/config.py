@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,7 @@ _FALSE = {"", "0", "false", "no", "off", "n", "f"}
 
 def check_fraction(name: str, value) -> None:
     """``value`` must be a real number in (0, 1]: ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in (0, 1], got {type(value).__name__} {value!r}")
     if not 0.0 < value <= 1.0:  # NaN fails this too
         raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
@@ -60,6 +62,14 @@ class SGLConfig:
                 sources[name] = (var, environ[var])
         config = cls(**values, from_environment=sources)
         config.validate()
+        # numpy and torch scalars pass validation as numbers; keep plain Python ones from here on
+        if not isinstance(config.layer, bool) and isinstance(config.layer, numbers.Integral):
+            config.layer = int(config.layer)
+        elif isinstance(config.layer, numbers.Real):
+            config.layer = float(config.layer)
+        for name in ("retain", "consistency_retain", "exit_threshold"):
+            if getattr(config, name) is not None:
+                setattr(config, name, float(getattr(config, name)))
         return config
 
     def validate(self, num_layers: int | None = None) -> None:
@@ -76,7 +86,8 @@ class SGLConfig:
                 if name not in self.from_environment:
                     raise
                 var, raw = self.from_environment[name]
-                raise ValueError(f"{var}={raw.strip()} is out of range: {error}") from None
+                detail = str(error).split(" is out of range: ", 1)[-1]  # say "out of range" once
+                raise ValueError(f"{var}={raw.strip()} is out of range: {detail}") from None
 
     def resolve_layer(self, num_layers: int) -> int:
         """K as an index into the large model's decoder layers."""
@@ -101,15 +112,15 @@ class SGLConfig:
 
 
 def _check_layer(layer, num_layers: int | None) -> None:
-    if isinstance(layer, bool) or not isinstance(layer, (int, float)):
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Real):
         raise TypeError(f"layer must be an int K >= 0 or a float in (0, 1), got {type(layer).__name__} {layer!r}")
-    if isinstance(layer, float) and not 0.0 < layer < 1.0:
+    if not isinstance(layer, numbers.Integral) and not 0.0 < layer < 1.0:
         raise ValueError(
             f"layer={layer} is a float, so it means a fraction of the depth and must be in (0, 1); "
             "pass an int for an absolute layer index")
-    if isinstance(layer, int) and layer < 0:
+    if isinstance(layer, numbers.Integral) and layer < 0:
         raise ValueError(f"layer must be >= 0, got {layer}")
-    if num_layers is not None and isinstance(layer, int) and layer >= num_layers:
+    if num_layers is not None and isinstance(layer, numbers.Integral) and layer >= num_layers:
         raise ValueError(f"layer={layer} is out of range: the large model has {num_layers} decoder "
                          f"layers, so layer must be in [0, {num_layers - 1}]")
 
@@ -117,7 +128,7 @@ def _check_layer(layer, num_layers: int | None) -> None:
 def _check_threshold(threshold) -> None:
     if threshold is None:
         return
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"exit_threshold must be a number or None, got {type(threshold).__name__} {threshold!r}")
     if math.isnan(threshold) or threshold < 0:
         raise ValueError(f"exit_threshold must be a number >= 0 (scores lie in [0, 1]; above 1 never exits) "
@@ -146,7 +157,7 @@ def _parse(name: str, var: str, raw: str):
         if name == "exit_threshold" and text.lower() in {"", "none", "off"}:
             return None
         if name == "layer":
-            return int(text) if text.lstrip("-").isdigit() else float(text)
+            return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
         return float(text)
     except ValueError:
         expected = {

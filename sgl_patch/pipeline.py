@@ -21,10 +21,15 @@ from .records import StatsLog
 
 logger = logging.getLogger("sgl_patch")
 
+# The caller's own decoding objects: stateful, and sized for the large model's vocabulary.  The
+# small model never gets them (they would start the large run in a changed state), so its answer
+# does not follow them and cannot stand in for the large one: such calls never exit early.
+_CALLER_DECODING = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn")
+# settings that belong to the large model's run alone
+_LARGE_ONLY = {"streamer", "past_key_values", "assistant_model", "custom_generate", "negative_prompt_ids",
+               "negative_prompt_attention_mask"}
 # generate() settings that are not per-sample model inputs even when they are tensors
-_SETTING_KEYS = {"generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
-                 "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids",
-                 "negative_prompt_attention_mask", "custom_generate", "tokenizer", "past_key_values"}
+_SETTING_KEYS = {"generation_config", "synced_gpus", "tokenizer", *_CALLER_DECODING, *_LARGE_ONLY}
 
 
 @dataclass
@@ -58,14 +63,17 @@ def _on(device, inputs: dict) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def generate(model, state, wrapped, args, kwargs):
-    applied: Applied = state.applied
-    adapter = state.adapter
+def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     inputs, settings = _split_call(wrapped, args, kwargs)
     input_ids = inputs.get("input_ids")
     if input_ids is None:
         applied.warn_once("no-ids", "sgl_patch: generate() without input_ids cannot locate visual tokens; "
                                     "running the large model unchanged")
+        return wrapped(*args, **kwargs)
+    cache = settings.get("past_key_values")
+    if cache is not None and cache.get_seq_length() > 0:
+        applied.warn_once("cache", "sgl_patch: generate() continues from a filled past_key_values, whose "
+                                   "visual tokens were never ranked; running the large model unchanged")
         return wrapped(*args, **kwargs)
     visual = adapter.visual_mask(model, input_ids)
     if not visual.any():  # text-only prompts pass through untouched
@@ -83,8 +91,9 @@ def generate(model, state, wrapped, args, kwargs):
 
     # 1. small model: answer + importance (+ SEE scores)
     started = time.perf_counter()
-    small_settings = {k: v for k, v in settings.items() if k != "streamer"}
+    small_settings = {k: v for k, v in settings.items() if k not in _LARGE_ONLY and k not in _CALLER_DECODING}
     small_settings["generation_config"] = generation_config
+    own_decoding = [k for k in _CALLER_DECODING if settings.get(k)]
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
     small_inputs = _on(small.device, {k: v for k, v in inputs.items() if k != "inputs_embeds"})
     with torch.no_grad():
@@ -102,6 +111,9 @@ def generate(model, state, wrapped, args, kwargs):
         if n_return > 1:
             applied.warn_once("nrs", "sgl_patch: early exit is skipped when num_return_sequences > 1 "
                                      "(the small model gives one answer per sample)")
+        elif own_decoding:
+            applied.warn_once("decoding", f"sgl_patch: early exit is skipped for calls with {', '.join(own_decoding)} "
+                                          "(the small model does not decode with the caller's objects)")
         else:
             with torch.no_grad():
                 cons = consistency(small, adapter, imp, small_inputs, config.consistency_retain)

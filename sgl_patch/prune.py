@@ -16,6 +16,7 @@ its last real token and each row computes what it computes alone.
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import contextmanager
 
 import torch
@@ -227,12 +228,13 @@ def pruned(model, scores, *, layer: int, retain: float, prompt_ids=None):
     """
     adapter = adapter_for(model)
     layers = adapter.decoder_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int):
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
         raise TypeError(f"layer must be an int decoder-layer index, got {type(layer).__name__} {layer!r}")
+    layer = int(layer)
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer must be an int in [0, {len(layers) - 1}] for this model, got {layer!r}")
     check_fraction("retain", retain)
-    _check_full_attention(adapter.text_config(model))
+    check_full_attention(adapter.text_config(model))
     score_tensor, n_visual = _as_scores(scores)
     if prompt_ids is not None and not (isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2):
         raise TypeError("prompt_ids must be a [batch, length] tensor of input ids")
@@ -241,7 +243,7 @@ def pruned(model, scores, *, layer: int, retain: float, prompt_ids=None):
         yield run
 
 
-def _check_full_attention(text_config) -> None:
+def check_full_attention(text_config) -> None:
     layer_types = getattr(text_config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise NotImplementedError("SGL pruning supports full-attention language models only; this one has "

@@ -38,6 +38,7 @@ def _unpatched():
 @dataclass
 class ModelState:
     adapter: Adapter
+    owner: Any = None      # weakref to the model: a shallow copy (copy.copy) shares __dict__ values
     applied: Any = None    # pipeline.Applied after ``apply``
     users: int = 0         # calls of ours (capture, pruning) running on the model, in any thread
     release: Any = None    # gives back this model's class-wrapper references, once
@@ -66,7 +67,9 @@ _lifecycle = threading.RLock()
 
 
 def get_state(model) -> ModelState | None:
-    return model.__dict__.get(STATE_ATTR)
+    """The model's own state; a state found in a shallow copy's ``__dict__`` is the original's."""
+    state = model.__dict__.get(STATE_ATTR)
+    return state if state is not None and state.owner() is model else None
 
 
 def current_call(model) -> ModelCall | None:
@@ -105,7 +108,7 @@ def attach(model) -> ModelState:
         if state is not None:
             return state
         adapter = adapter_for(model)
-        state = ModelState(adapter=adapter)
+        state = ModelState(adapter=adapter, owner=weakref.ref(model))
         layer_cls = type(adapter.decoder_layers(model)[0])
         wrapped = []
         for cls, name, wrapper in ((type(model), "forward", _model_forward),
@@ -119,6 +122,26 @@ def attach(model) -> ModelState:
         state.release = weakref.finalize(model, _unwrap_all, wrapped, [r for r in routed if r])
         model.__dict__[STATE_ATTR] = state
         return state
+
+
+def set_applied(model, applied) -> bool:
+    """Install ``apply``'s options (and the class wrappers); True when they replace earlier ones."""
+    with _lifecycle:
+        state = attach(model)
+        replaced = state.applied is not None
+        state.applied = applied
+        return replaced
+
+
+def clear_applied(model) -> bool:
+    """Undo ``set_applied``; False when the model was not patched."""
+    with _lifecycle:
+        state = get_state(model)
+        if state is None or state.applied is None:
+            return False
+        state.applied = None
+        detach_if_idle(model)
+        return True
 
 
 def acquire(model) -> ModelState:
@@ -142,7 +165,7 @@ def detach_if_idle(model) -> None:
         state = get_state(model)
         if state is None or state.users or state.applied is not None:
             return
-        del model.__dict__[STATE_ATTR]
+        model.__dict__.pop(STATE_ATTR)
         state.release()
 
 
@@ -203,13 +226,15 @@ def _model_forward(wrapped, instance, args, kwargs):
 
 
 def _model_generate(wrapped, instance, args, kwargs):
-    state = instance.__dict__.get(STATE_ATTR)
+    state = get_state(instance)
+    # one read: a remove() in another thread from here on does not affect this call
+    applied = state.applied if state is not None else None
     # Our own calls (a small model guiding another, a model inside pruned()) run generate as it
     # is: the caller chose the scores; a guiding model acts as a plain small model.
-    if state is None or state.applied is None or _calls.get().get(id(instance)) is not None:
+    if applied is None or _calls.get().get(id(instance)) is not None:
         return wrapped(*args, **kwargs)
     from .pipeline import generate  # late import: pipeline imports this module
-    return generate(instance, state, wrapped, args, kwargs)
+    return generate(instance, state.adapter, applied, wrapped, args, kwargs)
 
 
 def _layer_forward(wrapped, instance, args, kwargs):

@@ -3,6 +3,7 @@ seeded sampling, copies and saving, and bad input refused before anything is pat
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import pickle
@@ -214,6 +215,7 @@ def _snapshot(model):
         "model class": dict(type(model).__dict__),
         "layer class": dict(layer_cls.__dict__),
         "attention table": dict(ALL_ATTENTION_FUNCTIONS._local_mapping),
+        "attention table attributes": dict(vars(ALL_ATTENTION_FUNCTIONS)),
         "installed wrappers": dict(patching._installed),
         "model attributes": set(model.__dict__),
         "layer attributes": [set(layer.__dict__) for layer in model.model.language_model.layers],
@@ -384,3 +386,142 @@ def test_settings_passed_as_none_reach_generate_as_given(pair):
     sgl_patch.apply(large, small_model=small, retain=1.0)
     assert torch.equal(large.generate(**batch, max_new_tokens=None, top_p=None), base)
 
+
+
+# -- found by review: the caller's objects, copies, removal mid-call, other models' eager lookups --
+class ForceFirst:
+    """A stateful logits processor: forces ``token`` at the first step it sees, then nothing."""
+
+    def __init__(self, token):
+        self.token, self.calls = token, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls == 1:
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, self.token] = 0.0
+        return scores
+
+
+class StopAfter:
+    """A stateful stopping criterion: stops after ``n`` steps in all."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.calls += 1
+        return torch.full((input_ids.shape[0],), self.calls >= self.n, dtype=torch.bool)
+
+
+def test_callers_decoding_objects_are_used_by_the_large_model_alone(pair):
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=70)
+
+    def objects():
+        return dict(logits_processor=LogitsProcessorList([ForceFirst(77)]),
+                    stopping_criteria=StoppingCriteriaList([StopAfter(3)]))
+
+    base = large.generate(**batch, max_new_tokens=6, **objects())
+    assert (base[:, batch["input_ids"].shape[1]] == 77).all() and base.shape[1] == batch["input_ids"].shape[1] + 3
+    sgl_patch.apply(large, small_model=small, retain=1.0)
+    assert torch.equal(large.generate(**batch, max_new_tokens=6, **objects()), base)
+    # the small model's answer did not follow the caller's objects: it never stands in for the large one
+    sgl_patch.apply(large, small_model=small, retain=1.0, exit_threshold=0.0)
+    assert torch.equal(large.generate(**batch, max_new_tokens=6, **objects()), base)
+    assert [r["exited"] for r in sgl_patch.stats(large)] == [False, False]
+
+
+def test_an_empty_cache_given_by_the_caller_is_the_large_models_alone(pair):
+    from transformers import DynamicCache
+
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=71)
+    base = large.generate(**batch, max_new_tokens=5, past_key_values=DynamicCache(config=large.config))
+    sgl_patch.apply(large, small_model=small, retain=1.0)
+    cache = DynamicCache(config=large.config)
+    assert torch.equal(large.generate(**batch, max_new_tokens=5, past_key_values=cache), base)
+    assert cache.get_seq_length() == base.shape[1] - 1  # it holds the large model's run
+
+
+def test_eager_lookups_of_other_models_resolve_to_their_own_function_during_a_capture(pair):
+    from sgl_patch.capture import capturing
+
+    small, _ = pair
+    calls = []
+
+    def own_eager(module, query, key, value, attention_mask, **kwargs):  # as a modeling file's default
+        calls.append(module)
+        return "own result", None
+
+    assert ALL_ATTENTION_FUNCTIONS.get_interface("eager", own_eager) is own_eager
+    foreign = torch.nn.Linear(1, 1)
+    with capturing(small):
+        during = ALL_ATTENTION_FUNCTIONS.get_interface("eager", own_eager)
+        assert during(foreign, None, None, None, None)[0] == "own result" and calls == [foreign]
+    assert ALL_ATTENTION_FUNCTIONS.get_interface("eager", own_eager) is own_eager
+
+
+def test_a_shallow_copy_does_not_take_the_patch_with_it(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=72)
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    pruned_answer = large.generate(**batch, max_new_tokens=5)
+    shallow = copy.copy(large)
+    assert sgl_patch.stats(shallow) == []
+    sgl_patch.remove(shallow)  # not patched itself: must not unpatch the original
+    assert torch.equal(large.generate(**batch, max_new_tokens=5), pruned_answer)
+    assert len(sgl_patch.stats(large)) == 4
+
+
+def test_remove_from_another_thread_while_a_call_runs(pair):
+    small, large = pair
+    batch = tiny.qwen2_vl_inputs(MIXED, seed=73)
+    base = large.generate(**batch, max_new_tokens=5)
+    before = _snapshot(large)
+    sgl_patch.apply(large, small_model=small, retain=0.25)
+    pruned_answer = large.generate(**batch, max_new_tokens=5)
+    during, _ = while_paused_inside(small, lambda: large.generate(**batch, max_new_tokens=5),
+                                    lambda: sgl_patch.remove(large))
+    assert torch.equal(during, pruned_answer)  # a call that started patched finishes patched
+    _same(before, _snapshot(large))
+    assert torch.equal(large.generate(**batch, max_new_tokens=5), base)
+
+
+def test_sliding_window_models_are_refused_at_apply(pair):
+    small, large = pair
+    text = large.model.language_model.config
+    text.layer_types = ["full_attention"] * 2 + ["sliding_attention"] * 4
+    before = _snapshot(large)
+    with pytest.raises(NotImplementedError, match="full-attention language models only"):
+        sgl_patch.apply(large, small_model=small)
+    _same(before, _snapshot(large))
+
+
+def test_numpy_scalars_are_numbers(pair):
+    import numpy as np
+
+    small, large = pair
+    handle = sgl_patch.apply(large, small_model=small, layer=np.int64(2), retain=np.float32(0.25))
+    assert handle.layer == 2 and type(handle.config.retain) is float
+    large.generate(**tiny.qwen2_vl_inputs([(8, 8)], seed=74), max_new_tokens=2)
+    assert sgl_patch.stats(large)[0]["n_kept"] == 4
+
+
+@pytest.mark.parametrize("raw,layer", [("+2", 2), (" 3 ", 3), ("0.5", 0.5)])
+def test_layer_from_the_environment_parses_signed_ints(raw, layer):
+    from sgl_patch.config import SGLConfig
+
+    parsed = SGLConfig.from_env_and_args(environ={"SGL_LAYER": raw}).layer
+    assert parsed == layer and type(parsed) is type(layer)
+
+
+def test_an_environment_layer_past_the_depth_says_so_once():
+    from sgl_patch.config import SGLConfig
+
+    with pytest.raises(ValueError) as error:
+        SGLConfig.from_env_and_args(environ={"SGL_LAYER": "99"}).resolve_layer(6)
+    assert str(error.value) == ("SGL_LAYER=99 is out of range: the large model has 6 decoder layers, "
+                                "so layer must be in [0, 5]")
