@@ -96,6 +96,9 @@ class CaptureSession:
         self._bias = {}          # kv length -> additive mask [b, 1, 1, R, kv] or None
         self._cache = None       # the KV cache while decoding steps are deferred
         self._step_positions = []               # key position of each deferred decoding step
+        self._step_active = []                  # [b] rows still answering, per deferred step
+        self.end_tokens = None                  # end-token ids: a finished row's steps do not count
+        self._ended = None                      # [b] rows whose fed tokens include an end token
         self._queries: dict[int, tuple] = {}    # id(module) -> (module, attention kwargs, [queries])
 
     @property
@@ -137,14 +140,23 @@ class CaptureSession:
             self._prefill = torch.zeros(self.visual_index.shape, dtype=torch.float32, device=device)
             self._decode = torch.zeros_like(self._prefill)
             self.target = self._prefill
+            self._ended = torch.zeros(batch, dtype=torch.bool, device=device)
         else:
-            self.row_index, self.row_valid = None, None
+            # Alone, a sample stops once it has produced an end token; in a batch, generate keeps
+            # feeding its finished row (the end token, then padding): those steps do not count.
+            if self.end_tokens is not None:
+                self._ended = self._ended | torch.isin(input_ids[:, -1], self.end_tokens.to(device))
+            active = ~self._ended
+            self.row_index = None
             self.row_pos = torch.full((batch, 1), past + q_len - 1, dtype=torch.long, device=device)
             self.target = self._decode
             deferrable = cache is not None and hasattr(cache, "layers") and q_len == 1
             self._cache = cache if deferrable else None
             if deferrable:
                 self._step_positions.append(past)
+                self._step_active.append(active)
+            else:
+                self.row_valid = None if bool(active.all()) else active[:, None, None, None, None]
         self.forwards += 1
 
     def _mask_bias(self, kv_len: int, device):
@@ -207,6 +219,8 @@ class CaptureSession:
         self.row_index, self.row_valid, self.target = None, None, self._decode
         for start in range(0, positions.numel(), steps_per_pass):
             chunk = positions[start:start + steps_per_pass]
+            active = torch.stack(self._step_active[start:start + steps_per_pass], dim=1)  # [b, steps]
+            self.row_valid = None if bool(active.all()) else active[:, None, None, :, None]
             self.row_pos = chunk[None, :].expand(self.key_valid.shape[0], -1)
             self._bias = {}
             kv_len = int(chunk[-1]) + 1
@@ -328,6 +342,8 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
                     output_hidden_states=False)
     other = config.update(**settings)  # returns what is not a generation option
     with _own_random_stream(model, sampling=bool(config.do_sample)), capturing(model) as session:
+        ends = eos_ids(config.eos_token_id)
+        session.end_tokens = torch.tensor(sorted(ends), dtype=torch.long) if ends else None
         out = generate_fn(**inputs, generation_config=config, **other)
         session.finish()
     prompt_length = inputs["input_ids"].shape[1]

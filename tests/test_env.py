@@ -80,7 +80,7 @@ def test_layer_fraction_from_environment(saved_models):
     ("SGL_RETAIN", "lots", "SGL_RETAIN='lots' is not valid: expected a number in (0, 1]"),
     ("SGL_RETAIN", "2", "SGL_RETAIN=2 is out of range: retain must be a fraction in (0, 1], got 2.0"),
     ("SGL_CONSISTENCY_RETAIN", "0", "SGL_CONSISTENCY_RETAIN=0 is out of range: consistency_retain must be"),
-    ("SGL_LAYER", "6", "SGL_LAYER=6 is out of range: layer=6 is out of range: the large model has 6"),
+    ("SGL_LAYER", "6", "SGL_LAYER=6 is out of range: the large model has 6 decoder layers"),
     ("SGL_LAYER", "0.05", "SGL_LAYER=0.05 is out of range: layer=0.05 of 6 decoder layers resolves to K=0"),
     ("SGL_EXIT_THRESHOLD", "-1", "SGL_EXIT_THRESHOLD=-1 is out of range: exit_threshold must be a number >= 0"),
     ("SGL_DISABLE", "maybe", "SGL_DISABLE='maybe' is not a boolean: use 1/0, true/false, yes/no or on/off"),
