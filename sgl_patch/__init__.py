@@ -88,7 +88,6 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
     return SGLHandle(model, config, k, applied.stats)
 
 
-
 def remove(model) -> None:
     """Undo ``apply``: afterwards ``model`` behaves exactly as if it had never been patched."""
     from . import state as model_state

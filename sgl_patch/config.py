@@ -63,10 +63,7 @@ class SGLConfig:
         config = cls(**values, from_environment=sources)
         config.validate()
         # numpy and torch scalars pass validation as numbers; keep plain Python ones from here on
-        if not isinstance(config.layer, bool) and isinstance(config.layer, numbers.Integral):
-            config.layer = int(config.layer)
-        elif isinstance(config.layer, numbers.Real):
-            config.layer = float(config.layer)
+        config.layer = int(config.layer) if isinstance(config.layer, numbers.Integral) else float(config.layer)
         for name in ("retain", "consistency_retain", "exit_threshold"):
             if getattr(config, name) is not None:
                 setattr(config, name, float(getattr(config, name)))
@@ -85,9 +82,7 @@ class SGLConfig:
             except (TypeError, ValueError) as error:
                 if name not in self.from_environment:
                     raise
-                var, raw = self.from_environment[name]
-                detail = str(error).split(" is out of range: ", 1)[-1]  # say "out of range" once
-                raise ValueError(f"{var}={raw.strip()} is out of range: {detail}") from None
+                raise ValueError(self._from_variable(name, str(error))) from None
 
     def resolve_layer(self, num_layers: int) -> int:
         """K as an index into the large model's decoder layers."""
@@ -99,11 +94,15 @@ class SGLConfig:
             message = (f"layer={self.layer} of {num_layers} decoder layers resolves to K=0, which prunes "
                        "before the first layer and cannot be used with a KV cache; pass a larger fraction "
                        f"(above {0.5 / num_layers:.3g}) or an int layer >= 1")
-            if "layer" in self.from_environment:
-                var, raw = self.from_environment["layer"]
-                message = f"{var}={raw.strip()} is out of range: {message}"
-            raise ValueError(message)
+            raise ValueError(self._from_variable("layer", message) if "layer" in self.from_environment
+                             else message)
         return k
+
+    def _from_variable(self, name: str, message: str) -> str:
+        """``message`` about option ``name``, restated for the ``SGL_*`` variable it was read from."""
+        var, raw = self.from_environment[name]
+        detail = message.split(" is out of range: ", 1)[-1]  # say "out of range" once
+        return f"{var}={raw.strip()} is out of range: {detail}"
 
     def describe(self) -> str:
         small = self.small_model if isinstance(self.small_model, str) else type(self.small_model).__name__

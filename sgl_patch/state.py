@@ -214,7 +214,7 @@ def bind_arguments(function, args, kwargs) -> dict:
 
 # -- the class-level wrappers -------------------------------------------------------------------
 def _model_forward(wrapped, instance, args, kwargs):
-    call = _calls.get().get(id(instance))
+    call = current_call(instance)
     if call is None:
         return wrapped(*args, **kwargs)
     bound = bind_arguments(wrapped, args, kwargs)
@@ -231,7 +231,7 @@ def _model_generate(wrapped, instance, args, kwargs):
     applied = state.applied if state is not None else None
     # Our own calls (a small model guiding another, a model inside pruned()) run generate as it
     # is: the caller chose the scores; a guiding model acts as a plain small model.
-    if applied is None or _calls.get().get(id(instance)) is not None:
+    if applied is None or current_call(instance) is not None:
         return wrapped(*args, **kwargs)
     from .pipeline import generate  # late import: pipeline imports this module
     return generate(instance, state.adapter, applied, wrapped, args, kwargs)
