@@ -15,6 +15,7 @@ from .base import Adapter
 _FAMILIES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
+    "llava": "llava",
 }
 
 

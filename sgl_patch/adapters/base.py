@@ -20,6 +20,9 @@ class Adapter:
     # dotted config paths of everything that decides how many visual tokens an input becomes;
     # a small and a large model must agree on all of them
     vision_geometry_attrs: tuple[str, ...] = ()
+    # model inputs with one entry per image / tile / video (or per patch), not per sample:
+    # ``select_items`` splits them between samples
+    item_keys: tuple[str, ...] = ()
 
     # -- where things are ---------------------------------------------------------------
     def language_model(self, model):
@@ -63,17 +66,25 @@ class Adapter:
     def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
         """The model inputs of the samples ``index`` (a 1-D long tensor), in that order.
 
-        Tensors with one row per sample are indexed directly; a family whose visual inputs are
-        not per-sample rows (flattened patches, per-image grids) overrides this.
+        Tensors with one row per sample are indexed directly; the ``item_keys`` are left to
+        ``select_items``.
         """
         batch = inputs["input_ids"].shape[0]
         out = {}
         for key, value in inputs.items():
+            if key in self.item_keys:
+                continue
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
                 out[key] = value.index_select(0, index.to(value.device))
             else:
                 out[key] = value
+        self.select_items(model, inputs, index, out)
         return out
+
+    def select_items(self, model, inputs: dict, index: torch.Tensor, out: dict) -> None:
+        """Put into ``out`` the ``item_keys`` entries of the samples ``index``; families override."""
+        if any(inputs.get(key) is not None for key in self.item_keys):
+            raise NotImplementedError(f"{type(self).__name__} does not say how to split {self.item_keys}")
 
     def extend_inputs(self, inputs: dict, new_tokens: torch.Tensor, new_mask: torch.Tensor) -> dict:
         """Inputs for a teacher-forced pass over prompt + ``new_tokens`` (text, appended)."""
@@ -88,3 +99,35 @@ class Adapter:
                 value = inputs[key]
                 out[key] = torch.cat([value, value.new_zeros(new_tokens.shape)], dim=1)
         return out
+
+
+# -- helpers for select_items ---------------------------------------------------------------
+def items_of_samples(tokens_per_sample, tokens_per_item) -> list[range]:
+    """Which items (in batch order) belong to each sample.
+
+    Processors lay out images / tiles / videos in prompt order, sample after sample, so sample
+    ``i`` owns the next items whose visual tokens add up to its placeholder count.
+    """
+    owners, item = [], 0
+    for count in (int(c) for c in tokens_per_sample):
+        first = item
+        while count > 0:
+            if item >= len(tokens_per_item):
+                raise ValueError("the batch has more visual placeholder tokens than its images / videos "
+                                 "become: input_ids and pixel inputs do not belong together")
+            count -= int(tokens_per_item[item])
+            item += 1
+        owners.append(range(first, item))
+    return owners
+
+
+def chosen_items(owners: list[range], index: torch.Tensor) -> list[int]:
+    return [item for sample in index.tolist() for item in owners[sample]]
+
+
+def take_spans(value: torch.Tensor, lengths, items: list[int]) -> torch.Tensor:
+    """Rows of the ``items`` of a tensor that stacks ``lengths[i]`` rows per item (flattened patches)."""
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + int(n))
+    return torch.cat([value[starts[i]:starts[i + 1]] for i in items])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter
+from .base import Adapter, chosen_items, items_of_samples, take_spans
 
 # per modality: (placeholder id attribute, patches key, grid key, other per-item keys)
 _MODALITIES = (
@@ -20,40 +20,23 @@ _MODALITIES = (
 
 
 class Qwen2VLAdapter(Adapter):
-    def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
-        per_item_keys = {k for m in _MODALITIES for k in (m[1], m[2], *m[3])}
-        rows = {k: v for k, v in inputs.items() if k not in per_item_keys}
-        out = super().select_samples(model, rows, index)
+    def select_items(self, model, inputs, index, out):
         merge = model.config.vision_config.spatial_merge_size ** 2
         for token_attr, patches_key, grid_key, extra_keys in _MODALITIES:
             grid = inputs.get(grid_key)
             if grid is None:
                 continue
-            per_sample = (inputs["input_ids"] == getattr(model.config, token_attr)).sum(1).tolist()
-            tokens_per_item = (grid.prod(-1) // merge).tolist()
             patches_per_item = grid.prod(-1).tolist()
-            # items of sample i: consume items until their tokens add up to its placeholder count
-            items_of, item = [], 0
-            for count in per_sample:
-                first = item
-                while count > 0:
-                    count -= tokens_per_item[item]
-                    item += 1
-                items_of.append(range(first, item))
-            chosen = [i for s in index.tolist() for i in items_of[s]]
-            starts = [0]
-            for n in patches_per_item:
-                starts.append(starts[-1] + n)
-            if not chosen:  # generate() rejects pixel keys that are present but None
+            tokens = (inputs["input_ids"] == getattr(model.config, token_attr)).sum(1)
+            items = chosen_items(items_of_samples(tokens, [n // merge for n in patches_per_item]), index)
+            if not items:  # generate() rejects pixel keys that are present but None
                 continue
             if inputs.get(patches_key) is not None:
-                patches = inputs[patches_key]
-                out[patches_key] = torch.cat([patches[starts[i]:starts[i + 1]] for i in chosen])
-            out[grid_key] = grid[chosen]
+                out[patches_key] = take_spans(inputs[patches_key], patches_per_item, items)
+            out[grid_key] = grid[items]
             for key in extra_keys:
                 if inputs.get(key) is not None:
-                    out[key] = inputs[key][chosen]
-        return out
+                    out[key] = inputs[key][items]
 
 
 ADAPTER = Qwen2VLAdapter(
@@ -62,6 +45,7 @@ ADAPTER = Qwen2VLAdapter(
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_id", "video_token_id"),
     token_aligned_keys=("mm_token_type_ids",),
+    item_keys=tuple(k for m in _MODALITIES for k in (m[1], m[2], *m[3])),
     vision_geometry_attrs=("vision_config.patch_size", "vision_config.spatial_merge_size",
                            "vision_config.temporal_patch_size"),
 )

@@ -1,40 +1,15 @@
-"""Tiny random models of each supported family, built from configs on CPU in milliseconds.
-
-They carry the real classes and the real loading paths (``save_pretrained`` / ``from_pretrained``),
-so the demo and the tests exercise exactly what users run, only smaller.  Token ids follow one
-small shared vocabulary so that a "small" and a "large" tiny model can guide each other.
-"""
+"""Tiny Qwen2-VL and Qwen2.5-VL models (one image or video is a grid of patches, 2x2 merged)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-VOCAB = 512
-PAD, BOS, EOS = 0, 1, 2
-VISION_START, VISION_END, IMAGE, VIDEO = 3, 4, 5, 6
-FIRST_TEXT_ID = 10  # ids below are special
+from .base import (BOS, EOS, FIRST_TEXT_ID, IMAGE, PAD, SMALL, VIDEO, VISION_END, VISION_START,
+                   TinyFamily, TinySize, text_config)
 
 PATCH = 2           # vision patch size in pixels (tiny, so pixel_values stay small)
 TEMPORAL_PATCH = 2
 MERGE = 2           # spatial merge: 2x2 patches -> one visual token
-
-
-@dataclass(frozen=True)
-class TinySize:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vision_depth: int = 1
-    vision_dim: int = 16
-    vision_heads: int = 2
-    intermediate: int | None = None  # default: 2 x hidden
-
-
-SMALL = TinySize(hidden=64, layers=4, heads=4, kv_heads=2)
-LARGE = TinySize(hidden=96, layers=6, heads=6, kv_heads=2)
 
 
 def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
@@ -45,13 +20,7 @@ def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
     half = head_dim // 2
     # M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    text = dict(
-        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.intermediate or size.hidden * 2,
-        num_hidden_layers=size.layers, num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads, max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope},
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-    )
+    text = text_config(size, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope})
     vision = dict(
         depth=size.vision_depth, embed_dim=size.vision_dim, hidden_size=size.hidden,
         num_heads=size.vision_heads, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
@@ -73,21 +42,7 @@ def qwen2_vl_config(size: TinySize = SMALL, family: str = "qwen2_vl"):
 def qwen2_vl_model(size: TinySize = SMALL, family: str = "qwen2_vl", seed: int = 0,
                    attn_implementation: str = "sdpa"):
     """A tiny random Qwen2-VL / Qwen2.5-VL model in eval mode, float32, on CPU."""
-    from transformers import Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
-
-    cls = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
-    torch.manual_seed(seed)
-    model = cls._from_config(qwen2_vl_config(size, family), attn_implementation=attn_implementation)
-    # Random init gives near-uniform next-token distributions; a larger lm_head spread makes
-    # greedy answers and early-exit scores meaningful instead of coin flips.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    model.generation_config.pad_token_id = PAD
-    model.generation_config.eos_token_id = EOS
-    model.generation_config.do_sample = False
-    # like real checkpoints, never emit vision placeholders as answer text
-    model.generation_config.suppress_tokens = [VISION_START, VISION_END, IMAGE, VIDEO]
-    return model.eval()
+    return FAMILIES[family].model(size, seed=seed, attn_implementation=attn_implementation)
 
 
 def qwen2_vl_inputs(image_sides, prompt_lengths=None, *, seed: int = 0, video: bool = False,
@@ -180,3 +135,35 @@ def qwen2_vl_inputs_for_config(config, image_sides, prompt_lengths=None, *, seed
         batch[key] = torch.cat(pixels)
         batch[grid_key] = torch.tensor(grids)
     return batch
+
+
+class Qwen2VLFamily(TinyFamily):
+    """``inputs`` takes per sample one ``(h, w)`` in patches (``h * w / 4`` tokens) or a list of them."""
+
+    one = (8, 12)                        # 24 visual tokens
+    mixed = [(8, 8), (4, 8), (8, 12)]    # 16, 8 and 24
+    multi = [[(4, 4), (4, 8)], [(8, 8)]]  # two images (4 + 8 tokens), one image (16)
+    video = [(4, 4), (4, 8)]             # two frames each: 8 and 16 tokens
+    token_aligned_keys = ("mm_token_type_ids",)
+
+    def __init__(self, name: str, class_name: str):
+        self.name, self.class_name = name, class_name
+
+    def config(self, size: TinySize = SMALL):
+        return qwen2_vl_config(size, self.name)
+
+    def inputs(self, samples, prompt_lengths=None, *, seed: int = 0, padding_side: str = "left",
+               video: bool = False) -> dict:
+        return qwen2_vl_inputs_for_config(self.config(), samples, prompt_lengths, seed=seed, video=video,
+                                          padding_side=padding_side)
+
+    def mismatched_config(self, size: TinySize = SMALL):
+        config = self.config(size)
+        config.vision_config.spatial_merge_size = 1  # 4x the tokens for the same pixels
+        return config
+
+
+FAMILIES = {
+    "qwen2_vl": Qwen2VLFamily("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": Qwen2VLFamily("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+}

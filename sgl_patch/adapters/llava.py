@@ -1,0 +1,35 @@
+"""LLaVA-1.5 (native ``LlavaForConditionalGeneration``).
+
+Each ``<image>`` placeholder is expanded by the processor into a fixed number of image tokens
+(``(image_size / patch_size) ** 2``, plus one with the "full" feature strategy); the images of a
+batch are stacked in ``pixel_values`` in prompt order.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter, chosen_items, items_of_samples
+
+
+class LlavaAdapter(Adapter):
+    def select_items(self, model, inputs, index, out):
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            return
+        config = model.config
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        per_image = side * side + (config.vision_feature_select_strategy == "full")
+        tokens = (inputs["input_ids"] == config.image_token_index).sum(1)
+        items = chosen_items(items_of_samples(tokens, [per_image] * pixels.shape[0]), index)
+        if items:
+            out["pixel_values"] = pixels[items]
+
+
+ADAPTER = LlavaAdapter(
+    family="llava",
+    class_names=("LlavaForConditionalGeneration",),
+    language_model_path="model.language_model",
+    visual_token_id_attrs=("image_token_index",),
+    vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
+                           "vision_feature_select_strategy"),
+    item_keys=("pixel_values",),
+)

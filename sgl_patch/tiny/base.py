@@ -1,0 +1,136 @@
+"""What every family's tiny models share: the vocabulary, the sizes, and how a batch is laid out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+VOCAB = 512
+PAD, BOS, EOS = 0, 1, 2
+VISION_START, VISION_END, IMAGE, VIDEO = 3, 4, 5, 6
+FIRST_TEXT_ID = 10  # ids below are special
+IMAGE_TYPE, VIDEO_TYPE = 1, 2  # mm_token_type_ids of image and video placeholders
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_depth: int = 1
+    vision_dim: int = 16
+    vision_heads: int = 2
+    intermediate: int | None = None  # default: 2 x hidden
+
+
+SMALL = TinySize(hidden=64, layers=4, heads=4, kv_heads=2)
+LARGE = TinySize(hidden=96, layers=6, heads=6, kv_heads=2)
+
+
+def text_config(size: TinySize, **extra) -> dict:
+    """Decoder settings every family's language model shares (Llama, Qwen2, Qwen3 configs accept them)."""
+    return dict(
+        vocab_size=VOCAB, hidden_size=size.hidden, intermediate_size=size.intermediate or size.hidden * 2,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+        max_position_embeddings=4096, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        tie_word_embeddings=False, **extra,
+    )
+
+
+class TinyFamily:
+    """A family's tiny random models and the inputs its processor would give them.
+
+    ``inputs(samples)`` takes one entry per sample in the family's own terms (image sides, tile
+    counts, crop grids...); ``None`` is a text-only sample.  The class attributes below name
+    inputs that every family can build, so one test suite runs over all families.
+    """
+
+    name: str                      # the config's model_type
+    class_name: str                # the transformers class
+    one = None                     # one sample with at least 24 visual tokens
+    mixed: list = []               # three samples with three different visual-token counts
+    multi: list | None = None      # samples with several images / crops / tiles each
+    video: list | None = None      # samples with a video, where the family takes videos
+    token_aligned_keys: tuple[str, ...] = ()  # inputs aligned with input_ids position by position
+
+    # -- what each family provides ------------------------------------------------------------
+    def config(self, size: TinySize = SMALL):
+        raise NotImplementedError
+
+    def inputs(self, samples, prompt_lengths=None, *, seed: int = 0, padding_side: str = "left") -> dict:
+        raise NotImplementedError
+
+    def mismatched_config(self, size: TinySize = SMALL):
+        """A config of this family that turns ``self.one`` into another number of visual tokens."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.class_name)
+
+    def model(self, size: TinySize = SMALL, seed: int = 0, attn_implementation: str = "sdpa", config=None):
+        """A tiny random model in eval mode, float32, on CPU."""
+        torch.manual_seed(seed)
+        model = self.model_class()._from_config(config if config is not None else self.config(size),
+                                                attn_implementation=attn_implementation)
+        # Random init gives near-uniform next-token distributions; a larger lm_head spread makes
+        # greedy answers and early-exit scores meaningful instead of coin flips.
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)
+        model.generation_config.pad_token_id = PAD
+        model.generation_config.eos_token_id = EOS
+        model.generation_config.do_sample = False
+        # like real checkpoints, never emit vision placeholders as answer text
+        model.generation_config.suppress_tokens = [VISION_START, VISION_END, IMAGE, VIDEO]
+        return model.eval()
+
+    def __repr__(self):
+        return f"TinyFamily({self.name})"
+
+
+class PromptBuilder:
+    """Rows of ``[bos] system image... question`` with random text, padded into one batch."""
+
+    def __init__(self, seed: int, text_high: int = VOCAB):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.text_high = text_high
+        self.rows: list[list[int]] = []
+        self.types: list[list[int]] = []
+
+    def text(self, n: int) -> list[int]:
+        return torch.randint(FIRST_TEXT_ID, self.text_high, (n,), generator=self.gen).tolist()
+
+    def randn(self, *shape) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.gen)
+
+    def add(self, visual_spans, n_text: int, *, bos: int | None = BOS, start: int | None = VISION_START,
+            end: int | None = VISION_END) -> None:
+        """One sample: ``visual_spans`` is a list of ``(placeholder id, count, token type)``."""
+        ids = ([bos] if bos is not None else []) + self.text(3)
+        kinds = [0] * len(ids)
+        for token, count, kind in visual_spans:
+            ids += ([start] if start is not None else []) + [token] * count + ([end] if end is not None else [])
+            kinds += ([0] if start is not None else []) + [kind] * count + ([0] if end is not None else [])
+        question = self.text(n_text)
+        self.rows.append(ids + question)
+        self.types.append(kinds + [0] * n_text)
+
+    def batch(self, padding_side: str = "left", pad: int = PAD, token_types: bool = False) -> dict:
+        length = max(len(r) for r in self.rows)
+        shape = (len(self.rows), length)
+        input_ids = torch.full(shape, pad, dtype=torch.long)
+        mask = torch.zeros(shape, dtype=torch.long)
+        types = torch.zeros(shape, dtype=torch.long)
+        for i, (row, kind) in enumerate(zip(self.rows, self.types)):
+            span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row)
+            mask[i, span] = 1
+            types[i, span] = torch.tensor(kind)
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        if token_types:
+            out["mm_token_type_ids"] = types
+        return out
