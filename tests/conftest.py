@@ -43,6 +43,42 @@ def pair(saved_models, family):
     return load(saved_models[family]["small"]), load(saved_models[family]["large"])
 
 
+@pytest.fixture(scope="session")
+def family_checkpoints(tmp_path_factory):
+    """``saved(family name)`` -> {"small": dir, "large": dir}: tiny checkpoints of any family, saved once."""
+    root = tmp_path_factory.mktemp("families")
+    paths = {}
+
+    def saved(name: str) -> dict:
+        if name not in paths:
+            kit = tiny.family(name)
+            paths[name] = {}
+            for which, size, seed in (("small", tiny.SMALL, 0), ("large", tiny.LARGE, 1)):
+                directory = root / f"{name}-{which}"
+                kit.model(size, seed=seed).save_pretrained(directory)
+                paths[name][which] = str(directory)
+        return paths[name]
+
+    return saved
+
+
+@pytest.fixture(params=tiny.names())
+def kit(request):
+    """Each family's tiny models and inputs (``sgl_patch.tiny.TinyFamily``)."""
+    return tiny.family(request.param)
+
+
+def load_family(kit, path, attn_implementation="sdpa"):
+    return kit.model_class().from_pretrained(path, attn_implementation=attn_implementation).eval()
+
+
+@pytest.fixture
+def family_pair(kit, family_checkpoints):
+    """(small, large) of ``kit``'s family loaded from disk; fresh per test."""
+    paths = family_checkpoints(kit.name)
+    return load_family(kit, paths["small"]), load_family(kit, paths["large"])
+
+
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
@@ -55,8 +91,10 @@ def single(model, batch: dict, row: int) -> dict:
 
     one = adapter_for(model).select_samples(model, batch, torch.tensor([row]))
     keep = one["attention_mask"][0].bool()
-    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-        one[key] = one[key][:, keep]
+    shape = one["input_ids"].shape
+    for key, value in one.items():  # everything aligned with the tokens loses the padding
+        if isinstance(value, torch.Tensor) and value.shape == shape:
+            one[key] = value[:, keep]
     return {k: v for k, v in one.items() if v is not None}
 
 

@@ -74,7 +74,11 @@ def pruned_greedy(model, sample: dict, scores_row: torch.Tensor, layer: int, ret
         step = dict(sample)
         step["input_ids"] = torch.cat([ids, extra], 1)
         step["attention_mask"] = torch.ones_like(step["input_ids"])
-        step["mm_token_type_ids"] = torch.cat([sample["mm_token_type_ids"], torch.zeros_like(extra)], 1)
+        for key, value in sample.items():  # other inputs aligned with the tokens (token types)
+            if key not in step or key in ("input_ids", "attention_mask"):
+                continue
+            if isinstance(value, torch.Tensor) and value.shape == ids.shape:
+                step[key] = torch.cat([value, torch.zeros_like(extra)], 1)
         logits = pruned_logits(model, step, scores_row, layer, retain)
         tokens.append(int(logits[-1].argmax()))
         if tokens[-1] == tiny.EOS:
