@@ -1,10 +1,11 @@
 """Command line: ``sgl-patch demo`` (also ``python -m sgl_patch demo``).
 
-The demo runs a large Qwen2-VL model on one batch, first alone and then guided by a small one
-(``sgl_patch.apply``), and prints per sample how many visual tokens the large model kept, the
-early-exit decision, and whether the answer matches the baseline.  Without ``--large``/``--small``
-it builds tiny random models (``sgl_patch.tiny``), saves them and loads them back, so it runs on
-any CPU in seconds; with them it loads real checkpoints and feeds them synthetic inputs.
+The demo runs a large model (Qwen2-VL by default, any supported family with ``--family``) on one
+batch, first alone and then guided by a small one (``sgl_patch.apply``), and prints per sample how
+many visual tokens the large model kept, the early-exit decision, and whether the answer matches
+the baseline.  Without ``--large``/``--small`` it builds tiny random models of the family
+(``sgl_patch.tiny``), saves them and loads them back, so it runs on any CPU in seconds; with them
+it loads real Qwen2-VL / Qwen2.5-VL checkpoints and feeds them synthetic inputs.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# model_type in a checkpoint's config.json -> transformers class that loads it
-_CLASSES = {
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-}
+# families whose synthetic inputs can be built for a real checkpoint's config (--large/--small)
+_CHECKPOINT_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEFAULT_IMAGES = "16x16,12x16,8x8,16x8,text"
 
@@ -51,12 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from . import tiny
+
     demo = commands.add_parser("demo", help="run a large model alone and with SGL on one batch; compare",
                                description=(
-                                   "Run one batch through a large Qwen2-VL model, first unpatched and then "
+                                   "Run one batch through a large model, first unpatched and then "
                                    "guided by a small one, and compare. Without --large/--small, tiny random "
-                                   "models are built, saved and reloaded (CPU, a few seconds); their timings "
-                                   "show overhead, not speed-ups."))
+                                   "models of --family are built, saved and reloaded (CPU, a few seconds); "
+                                   "their timings show overhead, not speed-ups."))
+    demo.add_argument("--family", choices=tiny.names(), default="qwen2_vl",
+                      help="family of the built-in tiny models (default: qwen2_vl)")
     demo.add_argument("--large", metavar="PATH", help="saved Qwen2-VL / Qwen2.5-VL checkpoint (the large model)")
     demo.add_argument("--small", metavar="PATH", help="saved checkpoint of the same family (the small model)")
     demo.add_argument("--layer", type=_layer, default=2,
@@ -67,9 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-threshold", type=_threshold, default=None, metavar="S",
                       help="early exit when the small model's score reaches S (default: none, no exit)")
     demo.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="default: 16")
-    demo.add_argument("--images", default=_DEFAULT_IMAGES, metavar="HxW,...",
-                      help="one synthetic image per sample, sides in vision patches (multiples of the "
-                           f"spatial merge size), or 'text' for a text-only sample (default: {_DEFAULT_IMAGES})")
+    demo.add_argument("--images", default=None, metavar="HxW,...",
+                      help="Qwen2-VL families: one synthetic image per sample, sides in vision patches (multiples "
+                           f"of the spatial merge size), or 'text' for a text-only sample (default: {_DEFAULT_IMAGES}); "
+                           "other families use their built-in samples")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.add_argument("--dtype", choices=_DTYPES, default=None,
                       help="model dtype (default: float32 for the tiny models, auto for checkpoints)")
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "limit, importance-capture overhead vs plain SDPA and vs the eager "
                                     "approach, end to end with early exit, and batch throughput. Every figure "
                                     "is a ratio of runs interleaved in this process (median of pairs, min-max)."))
+    bench.add_argument("--family", metavar="NAME", default=None,
+                       help=f"family of the built-in models: {', '.join(tiny.names())} (default: qwen2_vl)")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, under a minute (a smoke test)")
     bench.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
     bench.add_argument("--plot", metavar="PATH", help="write the prefill speed-up plot (PNG; needs matplotlib)")
@@ -109,19 +114,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args) -> int:
-    from . import bench
+    from . import bench, tiny
 
     sections = [s.strip() for s in args.sections.split(",") if s.strip() and s.strip() != "none"]
     unknown = sorted(set(sections) - set(bench.SECTIONS))
     if unknown:
         raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(bench.SECTIONS)}")
+    # checked here, not by argparse choices, so that a wrong name is one line, like --sections
+    if args.family is not None and args.family not in tiny.names():
+        raise ValueError(f"unknown --family {args.family!r}; choose from {', '.join(tiny.names())}")
     started = time.perf_counter()
 
     def progress(message):
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     result = bench.run(quick=args.quick, device=args.device, dtype=args.dtype, sections=sections,
-                       config=args.config, timed=args.timed, tiles=args.tiles, progress=progress)
+                       config=args.config, timed=args.timed, tiles=args.tiles, family=args.family,
+                       progress=progress)
     print(bench.report.render(result))
     if args.json:
         bench.report.write_json(result, args.json)
@@ -177,18 +186,25 @@ def _demo(args) -> int:
 
     import sgl_patch
 
+    from . import tiny
+
     if (args.large is None) != (args.small is None):
         raise ValueError("--large and --small go together: give both checkpoints, or neither for tiny models")
-    sides = _images(args.images)
+    kit = tiny.family(args.family)
+    if args.images is not None and args.family not in _CHECKPOINT_FAMILIES:
+        raise ValueError(f"--images describes Qwen2-VL images; --family {args.family} uses its built-in samples")
+    samples = _images(args.images) if args.images is not None else kit.demo_samples()
     # check the options before loading anything (the layer's range is checked by apply)
     sgl_patch.SGLConfig(layer=args.layer, retain=args.retain, exit_threshold=args.exit_threshold).validate()
     if args.large is None:
-        large, small, source = _tiny_models(args.dtype or "float32", args.device)
+        large, small = _tiny_models(kit, args.dtype or "float32", args.device)
+        source = f"tiny random models (sgl_patch.tiny, family {kit.name})"
+        inputs = kit.inputs(samples, seed=args.seed)
     else:
         large = _load(args.large, args.dtype or "auto", args.device)
         small = _load(args.small, args.dtype or "auto", args.device)
         source = f"large {args.large}, small {args.small}"
-    inputs = _inputs(large.config, sides, args.seed)
+        inputs = _inputs(large.config, samples, args.seed)
     inputs = {k: v.to(large.device) for k, v in inputs.items()}
     prompt_length = inputs["input_ids"].shape[1]
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -199,7 +215,7 @@ def _demo(args) -> int:
     print(f"  large: {n_layers} layers, hidden {large.config.get_text_config().hidden_size}; "
           f"small: {small.config.get_text_config().num_hidden_layers} layers, "
           f"hidden {small.config.get_text_config().hidden_size}; "
-          f"{large.dtype}, {large.device}, batch of {len(sides)}, max_new_tokens={args.max_new_tokens}")
+          f"{large.dtype}, {large.device}, batch of {len(samples)}, max_new_tokens={args.max_new_tokens}")
 
     with torch.no_grad():
         large.generate(**inputs, max_new_tokens=1, do_sample=False)  # warm-up, not timed
@@ -213,7 +229,7 @@ def _demo(args) -> int:
             started = time.perf_counter()
             guided = large.generate(**inputs, **generation)
             sgl_seconds = time.perf_counter() - started
-            records = sgl_patch.stats(large)[-len(sides):]
+            records = sgl_patch.stats(large)[-len(samples):]
         finally:
             sgl_patch.remove(large)
 
@@ -227,11 +243,11 @@ def _demo(args) -> int:
     baseline_answers = [_answer(row, prompt_length, stop_ids) for row in baseline]
     guided_answers = [_answer(row, prompt_length, stop_ids) for row in guided]
     table = [("sample", "image", "visual tokens", "kept by large", "early exit (score)", "same answer")]
-    for i, side in enumerate(sides):
+    for i, sample in enumerate(samples):
         record = records[i] if i < len(records) else {}
         exited = bool(record.get("exited"))
         score = "-" if record.get("exit_score") is None else f"{record['exit_score']:.3f}"
-        table.append((str(i), "text only" if side is None else f"{side[0]}x{side[1]}",
+        table.append((str(i), kit.describe(sample),
                       str(record.get("n_visual", "-")), "-" if exited else str(record.get("n_kept", "-")),
                       f"{'yes' if exited else 'no'} ({score})",
                       "yes" if baseline_answers[i] == guided_answers[i] else "no"))
@@ -246,7 +262,7 @@ def _demo(args) -> int:
     # the records of one batch carry the batch's seconds (the large model's are 0 for exited samples)
     small_s = max((r["small_seconds"] or 0.0 for r in records), default=0.0)
     large_s = max((r["large_seconds"] or 0.0 for r in records), default=0.0)
-    print(f"  same answer as baseline: {same}/{len(sides)}; early exits: {exited}/{len(sides)}")
+    print(f"  same answer as baseline: {same}/{len(samples)}; early exits: {exited}/{len(samples)}")
     print(f"  time: baseline {baseline_seconds:.3f} s; SGL {sgl_seconds:.3f} s "
           f"(small model {small_s:.3f} s, large model {large_s:.3f} s)")
     if args.large is None:
@@ -254,8 +270,8 @@ def _demo(args) -> int:
     return 0
 
 
-def _tiny_models(dtype: str, device: str):
-    """The built-in tiny small and large Qwen2-VL models, saved and loaded back like real ones."""
+def _tiny_models(kit, dtype: str, device: str):
+    """The family's built-in tiny small and large models, saved and loaded back like real ones."""
     import transformers
 
     from . import tiny
@@ -263,31 +279,31 @@ def _tiny_models(dtype: str, device: str):
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="sgl-demo-") as root:
-        tiny.qwen2_vl_model(tiny.SMALL).save_pretrained(Path(root, "small"))
-        tiny.qwen2_vl_model(tiny.LARGE, seed=1).save_pretrained(Path(root, "large"))
-        large = _load(Path(root, "large"), dtype, device)
-        small = _load(Path(root, "small"), dtype, device)
-    return large, small, "tiny random models (sgl_patch.tiny)"
+        kit.model(tiny.SMALL).save_pretrained(Path(root, "small"))
+        kit.model(tiny.LARGE, seed=1).save_pretrained(Path(root, "large"))
+        return _load(Path(root, "large"), dtype, device), _load(Path(root, "small"), dtype, device)
 
 
 def _load(path, dtype: str, device: str):
     import torch
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path)
-    name = _CLASSES.get(config.model_type)
-    if name is None:
-        raise ValueError(f"{path}: model_type {config.model_type!r} is not supported by the demo; "
-                         f"expected one of {', '.join(_CLASSES)}")
-    cls = getattr(transformers, name)
-    model = cls.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    from .adapters import adapter_for
+
+    model = transformers.AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    adapter_for(model)  # a clear error for a class sgl_patch does not support
     return model.to(device).eval()
 
 
-def _inputs(config, sides, seed: int) -> dict:
+def _inputs(config, samples, seed: int) -> dict:
     from . import tiny
 
-    return tiny.qwen2_vl_inputs_for_config(config, sides, seed=seed)
+    if config.model_type not in _CHECKPOINT_FAMILIES:
+        raise ValueError(f"the demo builds synthetic inputs for real checkpoints of {', '.join(_CHECKPOINT_FAMILIES)} "
+                         f"only, not {config.model_type!r}: run it without --large/--small and with "
+                         f"--family {config.model_type} for tiny models of that family")
+    return tiny.qwen2_vl_inputs_for_config(config, samples, seed=seed)
 
 
 def _stop_ids(model) -> set:

@@ -6,7 +6,10 @@ K..L-1 then see only those: the hidden states, the rotary ``(cos, sin)`` tables 
 token keeps its original - possibly 3D M-RoPE - position) and a mask rebuilt by transformers'
 own ``create_causal_mask`` for the shorter sequence, so the backend (SDPA, eager, FlashAttention)
 gets the mask format it expects.  Their KV cache therefore holds only kept tokens plus generated
-ones.  Decoding steps add tokens at the end, so only the mask's key axis changes.
+ones.  Decoding steps add tokens at the end, so only the mask's key axis changes.  Methods that
+add values at masked positions between layers (``Adapter.masked_additions``: Qwen3-VL's DeepStack
+after its first layers) still get the full-length mask and every value row from the model; after
+layer K their mask is gathered like the hidden states and only the rows of kept positions stay.
 
 Samples of one batch may keep different numbers of tokens; shorter rows are left-padded with
 slots marked as padding, exactly like a left-padded batch, so the last position of every row is
@@ -36,9 +39,12 @@ def keep_count(n_visual: int, retain: float) -> int:
 class PrunePlan:
     """Which prompt positions each row keeps, as a left-padded gather index."""
 
-    def __init__(self, gather_index, slot_valid, n_visual, n_kept, prompt_length):
+    def __init__(self, gather_index, slot_valid, slot_filled, n_visual, n_kept, prompt_length):
         self.gather_index = gather_index    # [b, L] prompt position of each slot
         self.slot_valid = slot_valid        # [b, L] False for padding slots and original padding
+        # [b, L] False only for the padding slots added on the left of rows that keep fewer tokens
+        # (their gather_index is a dummy 0): what a masked addition must never land on
+        self.slot_filled = slot_filled
         self.n_visual = n_visual            # [b]
         self.n_kept = n_kept                # [b] visual tokens kept
         self.prompt_length = prompt_length  # S, positions the plan covers
@@ -68,11 +74,13 @@ def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch
     width = int(lengths.max())
     gather_index = torch.zeros(batch, width, dtype=torch.long, device=visual.device)
     slot_valid = torch.zeros(batch, width, dtype=torch.bool, device=visual.device)
+    slot_filled = torch.zeros(batch, width, dtype=torch.bool, device=visual.device)
     for row in range(batch):
         kept = keep[row].nonzero().squeeze(1)
         gather_index[row, width - kept.numel():] = kept
         slot_valid[row, width - kept.numel():] = padding_mask[row, kept]
-    return PrunePlan(gather_index, slot_valid, n_visual, n_kept, length)
+        slot_filled[row, width - kept.numel():] = True
+    return PrunePlan(gather_index, slot_valid, slot_filled, n_visual, n_kept, length)
 
 
 class PruneRun:
@@ -88,8 +96,12 @@ class PruneRun:
         self.prompt_plan: PrunePlan | None = None   # the plan of the first forward over the prompt
         # id(decoder layer K + i) -> i: the layers whose inputs this run rewrites
         self.layer_offsets = {id(m): i for i, m in enumerate(adapter.decoder_layers(model)[layer:])}
+        # the language model whose masked additions (DeepStack) this run remaps, and what they are
+        self.language_model_id = id(adapter.language_model(model))
+        self.masked_additions = {a.method: a for a in adapter.masked_additions}
         self._forward = None               # (past length, 2D mask, covers prompt)
         self._layer_inputs = None          # kwargs for layers K.. of the current forward
+        self._gathered = None              # (index, filled) of the hidden states of layers K.., if gathered
 
     # -- called by the model-forward wrapper ----------------------------------------------
     def begin_forward(self, call: dict) -> None:
@@ -118,6 +130,7 @@ class PruneRun:
             mask = torch.ones(new.shape[0], past + new.shape[1], dtype=torch.bool, device=new.device)
         self._forward = (past, mask.bool(), past == 0)
         self._layer_inputs = None
+        self._gathered = None
 
     def _ids_for_embeds(self, embeds):
         """generate feeds ``inputs_embeds`` without ids to the first forward when a caller gives
@@ -176,6 +189,9 @@ class PruneRun:
             extra = torch.arange(plan.prompt_length, q_len, device=hidden.device)
             index = torch.cat([plan.gather_index, extra.expand(batch, -1)], dim=1)
             hidden = _gather_seq(hidden, index)
+            # remembered for masked additions (DeepStack) after the layers of this forward
+            after_prompt = torch.ones(batch, extra.numel(), dtype=torch.bool, device=plan.slot_filled.device)
+            self._gathered = (index, torch.cat([plan.slot_filled, after_prompt], dim=1))
             if position_embeddings is not None:
                 position_embeddings = tuple(_gather_seq(t.expand(batch, *t.shape[1:]), index)
                                             for t in position_embeddings)
@@ -189,6 +205,42 @@ class PruneRun:
         if position_embeddings is not None:
             self._layer_inputs["position_embeddings"] = position_embeddings
         return hidden
+
+    # -- called by the masked-addition wrapper (Adapter.masked_additions, e.g. DeepStack) ---------
+    def call_masked_addition(self, wrapped, args, kwargs):
+        """Run ``wrapped`` on the pruned sequence once layers >= K have gathered the hidden states.
+
+        Before layer K (and in forwards that gather nothing: decoding steps, text-only batches)
+        the hidden states are the model's own, so mask and values already fit them.
+        """
+        if self._gathered is None:
+            return wrapped(*args, **kwargs)
+        addition = self.masked_additions[wrapped.__name__]
+        call = model_state.bind_arguments(wrapped, args, kwargs)
+        mask, values = call.get(addition.mask), call.get(addition.values)
+        if mask is None or values is None:
+            return wrapped(*args, **kwargs)
+        index, filled = self._gathered
+        call[addition.mask], call[addition.values] = remap_masked_rows(mask, values, index, filled)
+        return wrapped(**call)
+
+
+def remap_masked_rows(mask: torch.Tensor, values: torch.Tensor, index: torch.Tensor, filled: torch.Tensor):
+    """``(mask, values)`` of a masked addition, for hidden states gathered with ``index``.
+
+    ``mask``: ``[b, S]`` bool over the full sequence; ``values``: one row per True position in
+    row-major order.  Returns the mask over the gathered slots (False on ``~filled`` slots, whose
+    index is a dummy) and the rows of the kept True positions, in the new row-major order.
+    """
+    if mask.dim() != 2 or mask.shape[0] != index.shape[0]:
+        raise NotImplementedError(f"masked additions need a [batch, seq] mask; got {tuple(mask.shape)}")
+    mask = mask.to(index.device).bool()
+    # row of ``values`` that each position owns, -1 where the mask is False
+    row_of = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    row_of[mask] = torch.arange(int(mask.sum()), device=mask.device)
+    rows = row_of.gather(1, index)
+    new_mask = (rows >= 0) & filled.to(rows.device)
+    return new_mask, values[rows[new_mask].to(values.device)]
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -110,10 +110,15 @@ def attach(model) -> ModelState:
         adapter = adapter_for(model)
         state = ModelState(adapter=adapter, owner=weakref.ref(model))
         layer_cls = type(adapter.decoder_layers(model)[0])
+        language_model_cls = type(adapter.language_model(model))
+        targets = [(type(model), "forward", _model_forward),
+                   (type(model), "generate", _model_generate),
+                   (layer_cls, "forward", _layer_forward)]
+        # a class without the method (another transformers version) never calls it: nothing to follow
+        targets += [(language_model_cls, addition.method, _masked_addition)
+                    for addition in adapter.masked_additions if hasattr(language_model_cls, addition.method)]
         wrapped = []
-        for cls, name, wrapper in ((type(model), "forward", _model_forward),
-                                   (type(model), "generate", _model_generate),
-                                   (layer_cls, "forward", _layer_forward)):
+        for cls, name, wrapper in targets:
             patching.wrap_method(cls, name, wrapper)
             wrapped.append((cls, name))
         routed = [_route_device_hook(module, wrapper) for module, wrapper in
@@ -245,4 +250,18 @@ def _layer_forward(wrapped, instance, args, kwargs):
                 offset = call.prune.layer_offsets.get(id(instance))
                 if offset is not None:
                     return call.prune.call_layer(offset, wrapped, args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+def _masked_addition(wrapped, instance, args, kwargs):
+    """An ``Adapter.masked_additions`` method of a language model (Qwen3-VL's DeepStack).
+
+    Between layers >= K of a pruned forward the hidden states hold only the kept tokens, while the
+    model still passes the full-length mask and every row of values: the prune run remaps them.
+    """
+    calls = _calls.get()
+    if calls:
+        for call in calls.values():
+            if call.prune is not None and call.prune.language_model_id == id(instance):
+                return call.prune.call_masked_addition(wrapped, args, kwargs)
     return wrapped(*args, **kwargs)

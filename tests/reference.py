@@ -46,23 +46,44 @@ def pruned_logits(model, sample: dict, scores_row: torch.Tensor, layer: int, ret
         captured["cos_sin"] = kwargs["position_embeddings"]
         raise _Stop
 
+    def grab_deepstack(module, args, kwargs):
+        # Qwen3-VL's DeepStack: [1, S] visual mask and, per early layer, one row per visual position
+        captured["deepstack"] = (kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds"))
+
     handle = layers_of(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    handle_lm = model.model.language_model.register_forward_pre_hook(grab_deepstack, with_kwargs=True)
     try:
         model(**sample, use_cache=False)
     except _Stop:
         pass
     finally:
         handle.remove()
+        handle_lm.remove()
     keep = kept_positions(sample["input_ids"][0], scores_row, retain)
     hidden = captured["hidden"][:, keep]
     cos, sin = (t[:, keep] for t in captured["cos_sin"])
     n = keep.numel()
     causal = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
-    for decoder_layer in layers_of(model)[layer:]:
+    deepstack_mask, deepstack = captured.get("deepstack") or (None, None)
+    for index, decoder_layer in enumerate(layers_of(model)[layer:], start=layer):
         hidden = decoder_layer(hidden, attention_mask=causal, position_embeddings=(cos, sin),
                                position_ids=None, past_key_values=None, use_cache=False)
+        if deepstack is not None and index < len(deepstack):  # layers before `layer` added theirs already
+            hidden = add_kept_deepstack(hidden, deepstack_mask[0], deepstack[index], keep)
     hidden = model.model.language_model.norm(hidden)
     return model.lm_head(hidden)[0]
+
+
+def add_kept_deepstack(hidden, visual_row: torch.Tensor, embeds: torch.Tensor, keep: torch.Tensor):
+    """``hidden`` (``[1, kept, d]``) plus the DeepStack rows of its kept visual positions.
+
+    ``embeds`` has one row per True of ``visual_row`` (the full sequence), in sequence order.
+    """
+    row_of = visual_row.long().cumsum(0) - 1
+    kept_visual = visual_row[keep]
+    hidden = hidden.clone()
+    hidden[0, kept_visual] += embeds[row_of[keep[kept_visual]]].to(hidden.dtype)
+    return hidden
 
 
 def pruned_greedy(model, sample: dict, scores_row: torch.Tensor, layer: int, retain: float, steps: int):

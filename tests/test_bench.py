@@ -144,3 +144,76 @@ def test_config_estimates_for_the_papers_pairs(tmp_path, saved_models):
     estimates = json.loads(path.read_text())["estimates"]
     assert len(estimates) == len(PAIRS) + 1
     assert "InternVL2-26B <- InternVL2-2B" in done.stdout
+
+
+# -- other families: the same sections, with FLOP limits counted on the timed calls -----------------
+
+def test_counted_limits_equal_the_formulas_for_qwen2_vl(monkeypatch):
+    from sgl_patch.bench import limits, measure
+    from sgl_patch.bench.workload import tiny_workload
+
+    # the families without formulas get counted FLOPs; on Qwen2-VL, where the formulas hold, the two
+    # must agree exactly for the language model (the whole model adds the patch embedding the
+    # formulas leave out)
+    workload = tiny_workload(quick=True)
+    batch = workload.inputs([workload.tiles])
+    imp = measure._importance(workload, batch, 2)
+    batches = {"lm": workload.language_only(batch), "whole": batch}
+    analytic = limits.prefill(workload, batches, imp), limits.decode_step(workload, batch, imp, 4)
+    monkeypatch.setattr(limits, "ANALYTIC_FAMILIES", ())
+    counted = limits.prefill(workload, batches, imp), limits.decode_step(workload, batch, imp, 4)
+    assert counted[0]["lm"] == analytic[0]["lm"] and len(analytic[0]["lm"]) == 4
+    assert counted[1] == analytic[1]
+    for point, value in analytic[0]["whole"].items():
+        assert value < counted[0]["whole"][point] < 1.01 * value
+
+
+def test_counting_sees_moe_experts_and_leaves_the_model_as_it_was():
+    from sgl_patch.bench import limits
+
+    kit = tiny.family("qwen3_vl_moe")
+    model = kit.model()
+    batch = kit.inputs([kit.one])
+    before = (model.config._attn_implementation, model.config._experts_implementation)
+    plain = limits._counted(lambda: model(**batch))
+    with limits._countable(model):
+        counted = limits._counted(lambda: model(**batch))
+    assert counted > plain  # grouped_mm experts and CPU SDPA are invisible to the counter
+    assert (model.config._attn_implementation, model.config._experts_implementation) == before
+
+
+@pytest.mark.parametrize("family,sections", [("llava", ["prefill", "capture"]), ("internvl", ["prefill", "decode"])])
+def test_quick_bench_of_another_family_gives_ratios(family, sections):
+    from sgl_patch import bench
+
+    result = bench.run(quick=True, family=family, sections=sections, reps=2)
+    workload = result["workload"]
+    assert (workload["family"], workload["limits"]) == (family, "counted")
+    assert workload["visual_tokens"] > 0 and family in bench.report.render(result)
+    assert [p["point"] for p in result["prefill"]] == ["64%", "35%", "9%"]
+    for p in result["prefill"]:
+        assert p["limit"] > p["whole_limit"] > 1 and p["speedup"] > 0 and p["whole_speedup"] > 0
+    limits = [p["limit"] for p in result["prefill"]]
+    assert limits == sorted(limits)  # fewer tokens kept, more to gain
+    if "decode" in result:
+        assert [d["kv_ratio"] for d in result["decode"]][0] == 1.0
+        assert all(d["kv_ratio"] < 1 < d["limit"] and d["speedup"] > 0 for d in result["decode"][1:])
+    if "capture" in result:
+        assert result["capture"]["overhead"] > -1 and result["capture"]["eager_time_ratio"] > 0
+
+
+def test_bench_takes_a_family(tmp_path):
+    path = tmp_path / "bench.json"
+    done = _bench("--quick", "--family", "qwen3_vl", "--sections", "prefill", "--json", str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(path.read_text())["workload"]["family"] == "qwen3_vl"
+    assert "(quick shapes, qwen3_vl)" in done.stdout
+
+
+def test_bench_names_a_wrong_family_in_one_line(capsys):
+    from sgl_patch.cli import main
+
+    assert main(["bench", "--quick", "--family", "nope"]) == 1  # refused before any model is built
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"sgl-patch bench: error: unknown --family 'nope'; choose from {', '.join(tiny.names())}"]

@@ -158,7 +158,7 @@ def test_video_retain_one_is_identity_and_pruning_keeps_each_sample(kit, family_
         pytest.skip(f"{kit.name} takes no videos")
     small, large = family_pair
     batch = kit.inputs(kit.video, seed=13, video=True)
-    assert min(visual_counts(batch)) > 0 and (batch["input_ids"] == tiny.VIDEO).any()
+    assert min(visual_counts(batch)) > 0 and (batch["input_ids"] == kit.video_placeholder).any()
     base = large.generate(**batch, max_new_tokens=5)
     sgl_patch.apply(large, small_model=small, layer=1, retain=1.0)
     assert torch.equal(large.generate(**batch, max_new_tokens=5), base)

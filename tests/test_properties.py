@@ -293,3 +293,47 @@ def test_remove_gives_back_the_never_patched_model(saved_models, family, spec, o
     assert len(got.logits) == len(expected.logits)
     for a, b in zip(got.logits, expected.logits):
         assert torch.equal(a, b)
+
+
+# -- masked additions (Qwen3-VL's DeepStack) follow the kept tokens -------------------------------
+@st.composite
+def masked_plans(draw):
+    """A [b, S] addition mask, scores for its visual positions, and a retain."""
+    batch, length = draw(st.integers(1, 4)), draw(st.integers(1, 12))
+    rows = [draw(st.lists(st.booleans(), min_size=length, max_size=length)) for _ in range(batch)]
+    # position 0 masked in some row: the dummy index of fill slots points there, so a wrong
+    # remap would add a value on a padding slot
+    rows[0][0] = draw(st.booleans()) or rows[0][0]
+    mask = torch.tensor(rows)
+    scores = torch.tensor(draw(st.lists(st.floats(0, 1), min_size=batch * length, max_size=batch * length)))
+    return mask, scores.view(batch, length), draw(retains)
+
+
+@examples(60)
+@given(plan_spec=masked_plans())
+@example(plan_spec=(torch.tensor([[True, True, False, True], [False, False, False, True]]),
+                    torch.tensor([[0.9, 0.1, 0.5, 0.2], [0.3, 0.3, 0.3, 0.3]]), 0.34))
+def test_masked_rows_follow_the_gathered_positions(plan_spec):
+    from sgl_patch.prune import plan_pruning, remap_masked_rows
+
+    mask, scores, retain = plan_spec
+    plan = plan_pruning(mask, torch.ones_like(mask), scores, retain)
+    values = torch.arange(int(mask.sum()) * 2, dtype=torch.float).view(-1, 2)
+    new_mask, new_values = remap_masked_rows(mask, values, plan.gather_index, plan.slot_filled)
+
+    # plain loop: the value row of each (b, s), then read it off through every filled slot
+    owner, row = {}, 0
+    for b, s in mask.nonzero().tolist():
+        owner[(b, s)] = row
+        row += 1
+    expected_mask = torch.zeros_like(new_mask)
+    expected_rows = []
+    for b in range(mask.shape[0]):
+        for slot, position in enumerate(plan.gather_index[b].tolist()):
+            if plan.slot_filled[b, slot] and (b, position) in owner:
+                expected_mask[b, slot] = True
+                expected_rows.append(owner[(b, position)])
+    assert torch.equal(new_mask, expected_mask)
+    assert torch.equal(new_values, values[expected_rows] if expected_rows else values[:0])
+    # every kept masked position appears exactly once
+    assert int(new_mask.sum()) == int(plan.n_kept.sum())

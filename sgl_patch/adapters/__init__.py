@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Adapter
+from .base import Adapter, MaskedAddition
 
 # model_type -> module in this package that defines ``ADAPTER``
 _FAMILIES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
     "llava": "llava",
+    "llava_next": "llava_next",
+    "llava_next_video": "llava_next_video",
+    "llava_onevision": "llava_onevision",
+    "internvl": "internvl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl",
 }
 
 
@@ -41,4 +47,4 @@ def adapter_for(model) -> Adapter:
     )
 
 
-__all__ = ["Adapter", "adapter_for", "supported_classes"]
+__all__ = ["Adapter", "MaskedAddition", "adapter_for", "supported_classes"]

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+
+
+class MaskedAddition(NamedTuple):
+    """A method of the language model, called between decoder layers, that adds ``values`` to the
+    hidden states at the True positions of ``mask`` (e.g. Qwen3-VL's DeepStack).
+
+    ``mask`` and ``values`` name its arguments: ``mask`` is ``[batch, seq]`` bool over the hidden
+    states it gets, ``values`` holds one row per True position in ``mask.nonzero()`` (row-major)
+    order.  Once layers >= K see only the kept tokens, the core gathers the mask like the hidden
+    states and keeps the rows of kept positions, so the method needs no change.
+    """
+
+    method: str
+    mask: str
+    values: str
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,9 @@ class Adapter:
     # model inputs with one entry per image / tile / video (or per patch), not per sample:
     # ``select_items`` splits them between samples
     item_keys: tuple[str, ...] = ()
+    # methods of the language model that add values at masked positions between decoder layers;
+    # the core wraps them (on the class, like decoder layers) to follow the pruned sequence
+    masked_additions: tuple[MaskedAddition, ...] = ()
 
     # -- where things are ---------------------------------------------------------------
     def language_model(self, model):
@@ -53,13 +72,17 @@ class Adapter:
         return mask
 
     def vision_geometry(self, model) -> dict:
-        """``{config path: value}`` for ``vision_geometry_attrs``."""
+        """``{config path: value}`` for ``vision_geometry_attrs``.
+
+        Nested lists become tuples: a config built in memory may hold tuples where the same config
+        read back from ``config.json`` holds lists, and equal geometry must compare equal.
+        """
         out = {}
         for path in self.vision_geometry_attrs:
             value = model.config
             for part in path.split("."):
                 value = getattr(value, part, None)
-            out[path] = value
+            out[path] = _as_tuples(value)
         return out
 
     # -- batches ---------------------------------------------------------------------------
@@ -99,6 +122,12 @@ class Adapter:
                 value = inputs[key]
                 out[key] = torch.cat([value, value.new_zeros(new_tokens.shape)], dim=1)
         return out
+
+
+def _as_tuples(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    return value
 
 
 # -- helpers for select_items ---------------------------------------------------------------

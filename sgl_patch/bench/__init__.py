@@ -1,24 +1,33 @@
 """``sgl-patch bench``: the speed-up SGL exists for, measured as ratios in one run, beside the FLOP limit.
 
-Measurements (``measure``) run on a small/large pair (``workload``): built-in random models whose
-proportions mimic the paper's pairs, or random-weight models built from real Qwen2-VL configs.
-Estimates (``estimate``) need only shapes: the paper's models (``model_table``) or config.json files.
+Measurements (``measure``) run on a small/large pair (``workload``): built-in random models of any
+tiny family (``sgl_patch.tiny``) whose proportions mimic the paper's pairs, or random-weight models
+built from real Qwen2-VL configs.  Their FLOP limits (``limits``) are analytic for Qwen2-VL and
+counted for other families.  Estimates (``estimate``) need only shapes: the paper's models
+(``model_table``) or config.json files.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import measure, report
+from . import limits, measure, report
 from .estimate import estimate_pair, pairs_from_spec
 from .workload import config_workload, tiny_workload
 
 SECTIONS = ("prefill", "decode", "capture", "end_to_end", "batch")
+DEFAULT_FAMILY = "qwen2_vl"
+TIMED_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # --timed builds inputs for real configs of these only
 
 
 def run(*, quick=False, device="cpu", dtype="float32", sections=SECTIONS, config=None, timed=False,
-        tiles=5, progress=lambda message: None) -> dict:
-    """Run the benchmark and return every figure (see ``report.write_json`` for the file)."""
+        tiles=5, family=None, reps=None, progress=lambda message: None) -> dict:
+    """Run the benchmark and return every figure (see ``report.write_json`` for the file).
+
+    ``family`` names the tiny models measured (``tiny.names()``; default Qwen2-VL).  With ``timed``
+    the models come from the configs in ``config`` instead, whose family ``family`` must match.
+    ``reps`` overrides the workload's rounds per figure (few for a smoke test, more for steadier ratios).
+    """
     torch_dtype = getattr(torch, dtype)
     result = {"machine": report.machine(device)}
     if config is not None:
@@ -29,34 +38,53 @@ def run(*, quick=False, device="cpu", dtype="float32", sections=SECTIONS, config
         return result
     if timed:
         qwen_pair = config is not None and len(pairs) == 1 and all(
-            str(shape.family).startswith("qwen2") for shape in pairs[0])
+            str(shape.family) in TIMED_FAMILIES for shape in pairs[0])
         if not qwen_pair:
             raise ValueError("--timed needs one Qwen2-VL / Qwen2.5-VL pair given as config.json paths, "
-                             "LARGE.json:SMALL.json")
+                             "LARGE.json:SMALL.json (other families run as built-in tiny models: --family)")
         from transformers import AutoConfig
 
         large_cfg, small_cfg = (AutoConfig.from_pretrained(p.name) for p in pairs[0])
+        if family is not None and family != large_cfg.model_type:
+            raise ValueError(f"--timed measures the family of its configs ({large_cfg.model_type}), "
+                             f"not --family {family}")
         workload = config_workload(small_cfg, large_cfg, device, torch_dtype)
     else:
-        workload = tiny_workload(quick, device, torch_dtype)
-    large_text = workload.large.config.text_config
-    small_text = workload.small.config.text_config
-    result["workload"] = {
-        "name": workload.name,
-        "description": (f"large: {workload.layers} layers x {large_text.hidden_size} hidden, small: "
-                        f"{small_text.num_hidden_layers} x {small_text.hidden_size}; {workload.tiles} tiles of "
-                        f"{workload.tile[0] * workload.tile[1] // 4} visual tokens + {workload.text_tokens} text "
-                        f"tokens; {workload.reps} pairs after a warm-up; {dtype}"),
-        "reps": workload.reps, "tiles": workload.tiles, "text_tokens": workload.text_tokens,
-        "large_layers": workload.layers, "dtype": dtype,
-        "points": [{"point": n, "layer": k, "retain": r} for n, k, r in workload.points()],
-    }
+        workload = tiny_workload(quick, device, torch_dtype, family or DEFAULT_FAMILY)
+    if reps is not None:
+        workload.reps = reps
+    result["workload"] = _describe(workload, dtype)
     steps = {"prefill": measure.prefill, "decode": measure.decode, "capture": measure.capture,
              "end_to_end": measure.end_to_end, "batch": measure.batch_throughput}
     with torch.no_grad():
         for name in sections:
             result[name] = steps[name](workload, progress)
     return result
+
+
+def _describe(workload, dtype: str) -> dict:
+    """The workload as the report and the JSON file state it."""
+    large_text = workload.adapter.text_config(workload.large)
+    small_text = workload.adapter.text_config(workload.small)
+    visual, _ = workload.counts(workload.inputs([workload.tiles]))
+    if visual == workload.tiles * workload.tile_tokens:
+        images = f"{workload.tiles} tiles of {workload.tile_tokens} visual tokens"
+    else:  # a family without exact tiles repeats its own sample (``TinyFamily.tiled_sample``)
+        images = (f"{visual} visual tokens (the {workload.family} sample nearest to {workload.tiles} tiles "
+                  f"of {workload.tile_tokens})")
+    limit_source = limits.source(workload)
+    return {
+        "name": workload.name, "family": workload.family,
+        "description": (f"large: {workload.layers} layers x "
+                        f"{large_text.hidden_size} hidden, small: {small_text.num_hidden_layers} x "
+                        f"{small_text.hidden_size}; {images} + {workload.text_tokens} text tokens; "
+                        f"{workload.reps} pairs after a warm-up; {dtype}; FLOP limits "
+                        f"{limits.SOURCES[limit_source]}"),
+        "reps": workload.reps, "tiles": workload.tiles, "tile_tokens": workload.tile_tokens,
+        "visual_tokens": visual, "text_tokens": workload.text_tokens,
+        "large_layers": workload.layers, "dtype": dtype, "limits": limit_source,
+        "points": [{"point": n, "layer": k, "retain": r} for n, k, r in workload.points()],
+    }
 
 
 __all__ = ["run", "SECTIONS", "report"]

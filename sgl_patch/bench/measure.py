@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import sgl_patch
 
+from ..adapters import adapter_for
 from ..capture import generate_with_importance
-from ..prune import pruned
-from . import flops
+from . import limits
 from .timing import Clock, interleaved, peak_memory, ratios, spread
-from .workload import Workload, vlm_shape
-
-
-def _visual_count(workload: Workload, batch) -> tuple[int, int]:
-    """(visual tokens, text tokens) of the first sample."""
-    ids = batch["input_ids"][0]
-    visual = int(((ids == workload.large.config.image_token_id) | (ids == workload.large.config.video_token_id)).sum())
-    return visual, ids.numel() - visual
+from .workload import Workload
 
 
 def _importance(workload: Workload, batch, new_tokens: int):
@@ -33,36 +25,25 @@ def _importance(workload: Workload, batch, new_tokens: int):
 
 def prefill(workload: Workload, progress) -> list[dict]:
     """Large-model prefill, pruned at each point vs unpruned; language model alone and whole model."""
-    large, clock = workload.large, Clock(workload.device)
+    clock = Clock(workload.device)
     batch = workload.inputs([workload.tiles])
     imp = _importance(workload, batch, 4)
-    with torch.no_grad():
-        encoded = large.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
-    lm_batch = {k: v for k, v in batch.items() if k != "pixel_values"}
-    lm_batch["mm_encoder_outputs"] = {"image": encoded}
-    shape = vlm_shape(large, workload.tile)
-    n_visual, n_text = _visual_count(workload, batch)
-    vision_flops = flops.vision_flops(shape.vision, shape.projector, n_visual)
-    full_lm = flops.language_prefill_flops(shape.language, n_visual + n_text)
+    batches = {"lm": workload.language_only(batch), "whole": batch}
+    n_visual, n_text = workload.counts(batch)
+    counts = limits.prefill(workload, batches, imp)
 
     def forward(inputs, point):
-        def run():
-            scope = pruned(large, imp, layer=point[1], retain=point[2]) if point else nullcontext()
-            with torch.no_grad(), scope:
-                large(**inputs, logits_to_keep=1, use_cache=True)
-        return run
+        return lambda: workload.prefill(inputs, imp, point)
 
     results = []
-    for scope_name, inputs in (("lm", lm_batch), ("whole", batch)):
+    for scope_name, inputs in batches.items():
         progress(f"prefill ({scope_name}): {n_visual} visual + {n_text} text tokens, {workload.reps} rounds")
         calls = {"base": forward(inputs, None)}
         calls.update({p[0]: forward(inputs, p) for p in workload.points()})
         seconds = interleaved(clock, calls, workload.reps)
-        for point in workload.points():
-            name, k, retain = point
+        limit = {name: counts[scope_name][None] / counts[scope_name][name] for name, _, _ in workload.points()}
+        for name, k, retain in workload.points():
             speed = spread(ratios(seconds["base"], seconds[name]))
-            kept = flops.kept_tokens(n_text, n_visual, retain)
-            pruned_lm = flops.language_prefill_flops(shape.language, n_visual + n_text, k, kept)
             entry = next((r for r in results if r["point"] == name), None)
             if entry is None:
                 entry = {"point": name, "layer": k, "retain": retain,
@@ -70,11 +51,10 @@ def prefill(workload: Workload, progress) -> list[dict]:
                 results.append(entry)
             if scope_name == "lm":
                 entry.update(speedup=speed["median"], speedup_min=speed["min"], speedup_max=speed["max"],
-                             limit=full_lm / pruned_lm, base_seconds=min(seconds["base"]))
+                             limit=limit[name], base_seconds=min(seconds["base"]))
             else:
                 entry.update(whole_speedup=speed["median"], whole_speedup_min=speed["min"],
-                             whole_speedup_max=speed["max"],
-                             whole_limit=(vision_flops + full_lm) / (vision_flops + pruned_lm),
+                             whole_speedup_max=speed["max"], whole_limit=limit[name],
                              whole_base_seconds=min(seconds["base"]))
     for entry in results:
         entry["achieved_of_limit"] = entry["speedup"] / entry["limit"]
@@ -95,7 +75,7 @@ class _StepStamps(LogitsProcessor):
 
 def decode(workload: Workload, progress) -> list[dict]:
     """Per-token latency and KV-cache bytes over ``decode_tokens`` generated tokens, per point."""
-    large, clock = workload.large, Clock(workload.device)
+    clock = Clock(workload.device)
     batch = workload.inputs([workload.tiles])
     imp = _importance(workload, batch, 4)
     n = workload.decode_tokens
@@ -104,10 +84,8 @@ def decode(workload: Workload, progress) -> list[dict]:
     def generate(point):
         def run():
             stamps = _StepStamps(clock)
-            scope = pruned(large, imp, layer=point[1], retain=point[2]) if point else nullcontext()
-            with scope:
-                out = large.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                     logits_processor=LogitsProcessorList([stamps]), return_dict_in_generate=True)
+            out = workload.generate(batch, imp, point, n, logits_processor=LogitsProcessorList([stamps]),
+                                    return_dict_in_generate=True)
             name = point[0] if point else "base"
             per_token.setdefault(name, []).append((stamps.stamps[-1] - stamps.stamps[0]) / (len(stamps.stamps) - 1))
             cache_bytes[name] = sum(layer.keys.nbytes + layer.values.nbytes for layer in out.past_key_values.layers)
@@ -117,23 +95,16 @@ def decode(workload: Workload, progress) -> list[dict]:
     calls = {"base": generate(None)}
     calls.update({p[0]: generate(p) for p in workload.points()})
     interleaved(clock, calls, workload.reps, warmup=0)  # the prefill section warmed these paths
-    shape = vlm_shape(large, workload.tile).language
-    n_visual, n_text = _visual_count(workload, batch)
-    tokens = n_visual + n_text
-
-    def step_flops(k=None, kept=None):  # mean over the steps of this run
-        return sum(flops.language_decode_flops(shape, tokens + i, k, None if kept is None else kept + i)
-                   for i in range(n - 1)) / (n - 1)
+    step_flops = limits.decode_step(workload, batch, imp, n)
 
     base = per_token["base"]
     results = [{"point": "unpruned", "layer": None, "retain": 1.0, "seconds_per_token": min(base),
                 "speedup": 1.0, "limit": 1.0, "kv_bytes": cache_bytes["base"], "kv_ratio": 1.0}]
     for name, k, retain in workload.points():
         speed = spread(ratios(base, per_token[name]))
-        limit = step_flops() / step_flops(k, flops.kept_tokens(n_text, n_visual, retain))
         results.append({"point": name, "layer": k, "retain": retain, "seconds_per_token": min(per_token[name]),
                         "speedup": speed["median"], "speedup_min": speed["min"], "speedup_max": speed["max"],
-                        "limit": limit, "kv_bytes": cache_bytes[name],
+                        "limit": step_flops[None] / step_flops[name], "kv_bytes": cache_bytes[name],
                         "kv_ratio": cache_bytes[name] / cache_bytes["base"]})
     return results
 
@@ -143,7 +114,7 @@ def _eager_importance(model, batch, n):
     out = model.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                          return_dict_in_generate=True, output_attentions=True)
     ids = batch["input_ids"]
-    visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
+    visual = adapter_for(model).visual_mask(model, ids)
     rows = ~visual & (visual.cumsum(1) > 0)
     total = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     for attn in out.attentions[0]:
@@ -231,7 +202,7 @@ def end_to_end(workload: Workload, progress) -> list[dict]:
 
 def batch_throughput(workload: Workload, progress) -> list[dict]:
     """Samples per second of the large model at several batch sizes, mixed image sizes, pruned vs not."""
-    large, clock = workload.large, Clock(workload.device)
+    clock = Clock(workload.device)
     name, k, retain = workload.points()[-1]
     new = workload.e2e_new_tokens
     results = []
@@ -240,14 +211,10 @@ def batch_throughput(workload: Workload, progress) -> list[dict]:
         imp = _importance(workload, batch, 2)
 
         def run(point, batch=batch, imp=imp):  # bound now: the loop moves on to the next size
-            def call():
-                scope = pruned(large, imp, layer=k, retain=retain) if point else nullcontext()
-                with scope:
-                    large.generate(**batch, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-            return call
+            return lambda: workload.generate(batch, imp, point, new)
 
         progress(f"batch {size}: {workload.reps} rounds")
-        seconds = interleaved(clock, {"base": run(False), "pruned": run(True)}, workload.reps)
+        seconds = interleaved(clock, {"base": run(None), "pruned": run((name, k, retain))}, workload.reps)
         speed = spread(ratios(seconds["base"], seconds["pruned"]))
         results.append({"batch": size, "point": name, "samples_per_second": size / min(seconds["base"]),
                         "pruned_samples_per_second": size / min(seconds["pruned"]),

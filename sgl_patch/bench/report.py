@@ -46,12 +46,15 @@ def _mib(value) -> str:
 
 def render(result: dict) -> str:
     out = []
-    m = result["machine"]
-    out.append(f"sgl-patch bench ({result['workload']['name']} shapes) on {m['device']}, {m['processor']}, "
+    m, workload = result["machine"], result["workload"]
+    family = f", {workload['family']}" if "family" in workload else ""
+    out.append(f"sgl-patch bench ({workload['name']} shapes{family}) on {m['device']}, {m['processor']}, "
                f"{m['torch_threads']} threads, torch {m['torch']}")
-    out.append(f"  {result['workload']['description']}")
+    out.append(f"  {workload['description']}")
+    # the limits' FLOPs come from formulas (Qwen2-VL) or from counting the timed calls (``limits``)
+    limit = f"limit = FLOP-predicted ({workload['limits']})" if "limits" in workload else "limit = FLOP-predicted"
     if "prefill" in result:
-        out.append("\nLarge-model prefill, pruned vs unpruned (median of pairs, min-max); limit = FLOP-predicted")
+        out.append(f"\nLarge-model prefill, pruned vs unpruned (median of pairs, min-max); {limit}")
         out.append(_table(["point", "K", "retain", "token ratio", "LM speed-up", "LM limit", "achieved",
                            "whole speed-up", "whole limit", "achieved"],
                           [[p["point"], p["layer"], p["retain"], f"{p['token_ratio']:.1%}",
@@ -60,7 +63,7 @@ def render(result: dict) -> str:
                             _x(p["whole_speedup"], p["whole_speedup_min"], p["whole_speedup_max"]),
                             _x(p["whole_limit"]), f"{p['whole_achieved_of_limit']:.0%}"] for p in result["prefill"]]))
     if "decode" in result:
-        out.append("\nDecoding (large model): per-token latency and KV cache; limit = FLOP-predicted")
+        out.append(f"\nDecoding (large model): per-token latency and KV cache; {limit}")
         out.append(_table(["point", "ms/token", "speed-up", "limit", "KV cache", "KV ratio"],
                           [[d["point"], f"{d['seconds_per_token'] * 1e3:.2f}",
                             _x(d["speedup"], d.get("speedup_min", 1.0), d.get("speedup_max", 1.0)),

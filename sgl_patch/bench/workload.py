@@ -1,11 +1,16 @@
-"""What the benchmark runs on: a small/large model pair, its inputs, and the paper's points."""
+"""What the benchmark runs on: a small/large model pair of one family, its inputs, and the paper's points."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 
 from .. import tiny
+from ..adapters import Adapter, adapter_for
+from ..prune import pruned
 from .model_table import LanguageShape, VisionShape, VLMShape
 
 # The paper's operating points for InternVL2-26B (48 layers), as (name, K, retain).
@@ -14,7 +19,8 @@ PAPER_POINTS = (("64%", 19, 0.40), ("35%", 9, 0.20), ("9%", 2, 0.05))
 
 # Proportions that matter, at a size two CPU cores finish in minutes: the large model ~3x wider and
 # deeper than the small one, MLPs ~3-6x the hidden size, GQA, a vision encoder with a sizeable share
-# of prefill, and images of 5 tiles of 256 visual tokens (1,280) with ~60 text tokens.
+# of prefill, and images of 5 tiles of 256 visual tokens (1,280) with ~60 text tokens.  Every tiny
+# family's config takes these sizes (``tiny.TinyFamily.config``).
 DEFAULT_SHAPES = {
     "small": tiny.TinySize(hidden=256, layers=6, heads=4, kv_heads=2, intermediate=1536,
                            vision_depth=2, vision_dim=128, vision_heads=2),
@@ -22,17 +28,20 @@ DEFAULT_SHAPES = {
                            vision_depth=6, vision_dim=256, vision_heads=4),
 }
 QUICK_SHAPES = {"small": tiny.SMALL, "large": tiny.LARGE}
-TILE = (32, 32)        # patches per tile: 32 x 32 / 2 x 2 merge = 256 visual tokens
-QUICK_TILE = (8, 8)    # 16 visual tokens
+TILE_TOKENS = 256       # visual tokens per tile (Qwen2-VL: 32 x 32 patches, 2 x 2 merged)
+QUICK_TILE_TOKENS = 16  # Qwen2-VL: 8 x 8 patches
 
 
 @dataclass
 class Workload:
     name: str
+    family: str                     # the config's model_type
     small: torch.nn.Module
     large: torch.nn.Module
     device: torch.device
-    tile: tuple[int, int]
+    tile_tokens: int
+    # (tiles per sample, text tokens per sample, seed) -> a left-padded batch on the CPU
+    build: Callable[[list[int], int, int], dict]
     tiles: int = 5
     text_tokens: int = 56
     decode_tokens: int = 128
@@ -44,29 +53,93 @@ class Workload:
     notes: list = field(default_factory=list)
 
     def inputs(self, tiles_per_sample, seed: int = 0) -> dict:
-        """A left-padded batch: one sample per entry, each with that many tiles."""
-        sides = [[self.tile] * n if n else None for n in tiles_per_sample]
-        batch = tiny.qwen2_vl_inputs_for_config(self.large.config, sides,
-                                                [self.text_tokens] * len(sides), seed=seed)
+        """A left-padded batch: one sample per entry, each with that many tiles (0: text only)."""
+        batch = self.build(list(tiles_per_sample), self.text_tokens, seed)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @property
+    def adapter(self) -> Adapter:
+        return adapter_for(self.large)
+
+    @property
     def layers(self) -> int:
-        return len(self.large.model.language_model.layers)
+        return len(self.adapter.decoder_layers(self.large))
+
+    def counts(self, batch) -> tuple[int, int]:
+        """(visual tokens, text tokens) of the first sample, as the core sees them."""
+        ids = batch["input_ids"][0]
+        visual = int(self.adapter.visual_mask(self.large, ids[None]).sum())
+        return visual, ids.numel() - visual
 
     def points(self) -> list[tuple[str, int, float]]:
         """The paper's points at this depth: K scaled by depth (at least 1), retain as published."""
         return [(name, max(1, round(k * self.layers / PAPER_DEPTH)), r) for name, k, r in PAPER_POINTS]
 
+    # -- the large model's calls that are timed (``measure``) and counted (``limits``) -------------
+    def scope(self, importance, point):
+        """Pruning at ``point`` (name, K, retain) with the small model's ``importance``; None: unpruned."""
+        return pruned(self.large, importance, layer=point[1], retain=point[2]) if point else nullcontext()
 
-def tiny_workload(quick: bool, device="cpu", dtype=torch.float32) -> Workload:
+    def prefill(self, inputs, importance, point) -> None:
+        with torch.no_grad(), self.scope(importance, point):
+            self.large(**inputs, logits_to_keep=1, use_cache=True)
+
+    def generate(self, inputs, importance, point, new_tokens: int, **options):
+        """Greedy generate of exactly ``new_tokens`` tokens."""
+        with self.scope(importance, point):
+            return self.large.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                       do_sample=False, **options)
+
+    def language_only(self, batch) -> dict:
+        """``batch`` with the vision encoder's outputs in place of its pixels, so that a forward of
+        the large model runs the language model alone (the prefill section's "LM" scope).
+
+        Every supported family's forward takes ``mm_encoder_outputs={"image": ..., "video": ...}``,
+        what its own ``get_image_features`` / ``get_video_features`` return.  They are recorded in
+        one whole forward instead of calling those methods here, whose arguments differ by family.
+        """
+        inner = self.large.model  # the ``*Model`` under ``*ForConditionalGeneration``, which encodes
+        recorded = {}
+        methods = {"image": "get_image_features", "video": "get_video_features"}
+
+        def recording(kind, method):
+            def call(*args, **kwargs):
+                recorded[kind] = method(*args, **kwargs)
+                return recorded[kind]
+            return call
+
+        for kind, name in methods.items():
+            if hasattr(inner, name):
+                setattr(inner, name, recording(kind, getattr(inner, name)))  # shadows the method
+        try:
+            with torch.no_grad():
+                self.large(**batch, logits_to_keep=1)
+        finally:
+            for name in methods.values():
+                inner.__dict__.pop(name, None)
+        pixels = {"image": "pixel_values", "video": "pixel_values_videos"}
+        out = {k: v for k, v in batch.items() if k not in {pixels[kind] for kind in recorded}}
+        out["mm_encoder_outputs"] = recorded
+        return out
+
+
+def tiny_workload(quick: bool, device="cpu", dtype=torch.float32, family: str = "qwen2_vl") -> Workload:
+    """Tiny random models of ``family`` (``sgl_patch.tiny``) at the benchmark's shapes."""
+    kit = tiny.family(family)
     shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
-    small = tiny.qwen2_vl_model(shapes["small"], seed=0).to(device=device, dtype=dtype)
-    large = tiny.qwen2_vl_model(shapes["large"], seed=1).to(device=device, dtype=dtype)
+    small = kit.model(shapes["small"], seed=0).to(device=device, dtype=dtype)
+    large = kit.model(shapes["large"], seed=1).to(device=device, dtype=dtype)
+    tile_tokens = QUICK_TILE_TOKENS if quick else TILE_TOKENS
+
+    def build(tiles_per_sample, text_tokens, seed):
+        samples = [kit.tiled_sample(n, tile_tokens) if n else None for n in tiles_per_sample]
+        return kit.inputs(samples, [text_tokens] * len(samples), seed=seed)
+
     if quick:
-        return Workload("quick", small, large, torch.device(device), QUICK_TILE, tiles=5, text_tokens=24,
-                        decode_tokens=16, reps=5, e2e_samples=10, e2e_tiles=2, e2e_new_tokens=4)
-    return Workload("default", small, large, torch.device(device), TILE)
+        return Workload("quick", family, small, large, torch.device(device), tile_tokens, build,
+                        tiles=5, text_tokens=24, decode_tokens=16, reps=5, e2e_samples=10, e2e_tiles=2,
+                        e2e_new_tokens=4)
+    return Workload("default", family, small, large, torch.device(device), tile_tokens, build)
 
 
 def config_workload(small_config, large_config, device, dtype) -> Workload:
@@ -81,8 +154,14 @@ def config_workload(small_config, large_config, device, dtype) -> Workload:
         model.generation_config.suppress_tokens = [config.image_token_id, config.video_token_id,
                                                    config.vision_start_token_id, config.vision_end_token_id]
         models.append(model.eval())
-    merge = large_config.vision_config.spatial_merge_size
-    return Workload("config", models[0], models[1], torch.device(device), (16 * merge, 16 * merge))
+    side = 16 * large_config.vision_config.spatial_merge_size  # patches: 16 x 16 = 256 tokens a tile
+
+    def build(tiles_per_sample, text_tokens, seed):
+        sides = [[(side, side)] * n if n else None for n in tiles_per_sample]
+        return tiny.qwen2_vl_inputs_for_config(large_config, sides, [text_tokens] * len(sides), seed=seed)
+
+    return Workload("config", large_config.model_type, models[0], models[1], torch.device(device), TILE_TOKENS,
+                    build)
 
 
 def vlm_shape(model, tile) -> VLMShape:

@@ -21,6 +21,12 @@ _FAMILIES = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_vl",
     "llava": "llava",
+    "llava_next": "llava_next",
+    "llava_next_video": "llava_next",
+    "llava_onevision": "llava_next",
+    "internvl": "internvl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl",
 }
 
 

@@ -53,6 +53,7 @@ class TinyFamily:
     mixed: list = []               # three samples with three different visual-token counts
     multi: list | None = None      # samples with several images / crops / tiles each
     video: list | None = None      # samples with a video, where the family takes videos
+    video_placeholder: int = VIDEO  # the id a video's tokens are written with
     token_aligned_keys: tuple[str, ...] = ()  # inputs aligned with input_ids position by position
 
     # -- what each family provides ------------------------------------------------------------
@@ -87,6 +88,32 @@ class TinyFamily:
         # like real checkpoints, never emit vision placeholders as answer text
         model.generation_config.suppress_tokens = [VISION_START, VISION_END, IMAGE, VIDEO]
         return model.eval()
+
+    def describe(self, sample) -> str:
+        """A sample spec in words, for the demo's table."""
+        return "text only" if sample is None else str(sample)
+
+    def demo_samples(self) -> list:
+        """The demo's default batch: samples of different sizes and a text-only one."""
+        return [self.one, *self.mixed, None]
+
+    def tiled_sample(self, tiles: int, tile_tokens: int):
+        """One sample worth ``tiles`` tiles of ``tile_tokens`` visual tokens each (the benchmark's input).
+
+        Families that can build tiles of exactly ``tile_tokens`` override this (Qwen2-VL, LLaVA).
+        This default repeats ``one`` as several images of one sample, as many times as comes
+        closest to ``tiles * tile_tokens`` (at least once): the count is near, not exact, so callers
+        report the visual tokens they get.  It needs a family whose sample may be a list of images.
+        """
+        # per image as one of several: some processors treat a lone image apart (LLaVA-OneVision
+        # cuts it into crops, but not two of them)
+        per_image = self.visual_tokens([self.one] * 2) / 2
+        return [self.one] * max(1, round(tiles * tile_tokens / per_image))
+
+    def visual_tokens(self, sample) -> int:
+        """How many visual placeholders ``sample`` becomes (every tiny family uses ``IMAGE`` / ``VIDEO``)."""
+        ids = self.inputs([sample])["input_ids"]
+        return int(((ids == IMAGE) | (ids == VIDEO)).sum())
 
     def __repr__(self):
         return f"TinyFamily({self.name})"

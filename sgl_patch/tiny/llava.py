@@ -47,6 +47,16 @@ class LlavaFamily(TinyFamily):
             batch["pixel_values"] = prompt.randn(images, 3, IMAGE_SIZE, IMAGE_SIZE)
         return batch
 
+    def describe(self, sample) -> str:
+        return "text only" if not sample else f"{sample} image{'s' if sample > 1 else ''}"
+
+    def tiled_sample(self, tiles: int, tile_tokens: int) -> int:
+        """A tile is as many 16-token images as make ``tile_tokens`` (one at 16, sixteen at 256)."""
+        per_image = self.tokens_per_image(self.config())
+        if tile_tokens % per_image:
+            raise ValueError(f"a LLaVA tile is whole images of {per_image} tokens: {tile_tokens} is not a multiple")
+        return tiles * (tile_tokens // per_image)
+
     def mismatched_config(self, size: TinySize = SMALL):
         return self.config(size, image_size=2 * IMAGE_SIZE)  # 4x the tokens per image
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import (BOS, EOS, FIRST_TEXT_ID, IMAGE, PAD, SMALL, VIDEO, VISION_END, VISION_START,
@@ -156,6 +158,22 @@ class Qwen2VLFamily(TinyFamily):
                video: bool = False) -> dict:
         return qwen2_vl_inputs_for_config(self.config(), samples, prompt_lengths, seed=seed, video=video,
                                           padding_side=padding_side)
+
+    def describe(self, sample) -> str:
+        if sample is None:
+            return "text only"
+        images = [sample] if isinstance(sample[0], int) else sample
+        return " + ".join(f"{h}x{w}" for h, w in images)
+
+    def demo_samples(self) -> list:
+        return [(16, 16), (12, 16), (8, 8), (16, 8), None]
+
+    def tiled_sample(self, tiles: int, tile_tokens: int):
+        """``tiles`` square images of exactly ``tile_tokens`` tokens each: 16 -> 8 x 8 patches, 256 -> 32 x 32."""
+        side = math.isqrt(tile_tokens)
+        if side * side != tile_tokens:
+            raise ValueError(f"a Qwen2-VL tile is a square of merged patches: {tile_tokens} tokens is not a square")
+        return [(side * MERGE, side * MERGE)] * tiles
 
     def mismatched_config(self, size: TinySize = SMALL):
         config = self.config(size)

@@ -1,0 +1,56 @@
+"""InternVL2.5 / 3 / 3.5 ``-hf`` checkpoints (native ``InternVLForConditionalGeneration``).
+
+Facts, read from transformers 5.23 ``models/internvl/``:
+
+- ``modeling_internvl.py`` (``InternVLModel.get_placeholder_mask``): visual tokens are
+  ``input_ids == config.image_token_id`` and nothing else.  Videos have no placeholder of their own:
+  ``processing_internvl.py`` (``replace_video_token``) writes every frame as one tile of image
+  placeholders between ``<img>`` / ``</img>``, and ``__call__`` merges image tiles and video frames
+  into one ``pixel_values`` in prompt order.
+- ``InternVLModel.get_image_features`` / ``pixel_shuffle``: each tile ``[3, H, W]`` becomes a
+  square grid of ``image_size / patch_size`` patches per side (the CLS token is dropped with the
+  ``"default"`` feature strategy; ``"full"`` would keep it and break the square reshape), which the
+  pixel shuffle shrinks by ``downsample_ratio`` per side.  So every tile gives the same number of
+  tokens, ``(image_size / patch_size * downsample_ratio) ** 2`` (448 / 14 * 0.5 -> 256).
+- ``processing_internvl.py``: ``pixel_values`` is ``[sum(tiles), 3, H, W]``; the processor pops
+  ``num_patches``, so a sample's tiles are only known as its placeholder count over tokens per tile.
+- The language model (``model.language_model``) is Qwen2 / Qwen3 / Llama and receives
+  ``inputs_embeds`` only.  Real checkpoints set ``use_sliding_window: false`` (all layer types
+  ``full_attention``); a config that turns it on is refused by ``prune.check_full_attention``.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter, chosen_items, items_of_samples
+
+
+def tokens_per_tile(config) -> int:
+    """Visual tokens of one tile (or video frame) under ``config`` (an ``InternVLConfig``)."""
+    vision = config.vision_config
+    # image_size / patch_size are normalised to (height, width) pairs by InternVLVisionConfig
+    sides = [int(int(size // patch) * config.downsample_ratio)
+             for size, patch in zip(vision.image_size, vision.patch_size)]
+    return sides[0] * sides[1]
+
+
+class InternVLAdapter(Adapter):
+    def select_items(self, model, inputs, index, out):
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            return
+        tokens = (inputs["input_ids"] == model.config.image_token_id).sum(1)
+        owners = items_of_samples(tokens, [tokens_per_tile(model.config)] * pixels.shape[0])
+        items = chosen_items(owners, index)
+        if items:  # generate() rejects pixel keys that are present but None
+            out["pixel_values"] = pixels[items]
+
+
+ADAPTER = InternVLAdapter(
+    family="internvl",
+    class_names=("InternVLForConditionalGeneration",),
+    language_model_path="model.language_model",
+    visual_token_id_attrs=("image_token_id",),
+    vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size", "downsample_ratio",
+                           "vision_feature_select_strategy"),
+    item_keys=("pixel_values",),
+)

@@ -1,0 +1,134 @@
+"""LLaVA-NeXT / LLaVA-1.6 (native ``LlavaNextForConditionalGeneration``): "anyres" images.
+
+Facts, read from transformers 5.23 ``models/llava_next/``:
+
+- ``configuration_llava_next.py``: the placeholder id is ``image_token_index`` (``image_token_id`` is
+  an ``attribute_map`` alias of it); ``image_grid_pinpoints`` lists the (height, width) resolutions
+  an image may be resized and padded to before it is cut into crops of the vision ``image_size``.
+- ``modeling_llava_next.py``, ``LlavaNextModel.get_image_features``: ``pixel_values`` is
+  ``[n_images, max_crops, 3, H, W]`` zero-padded (or the crops concatenated, 4-D); image ``i`` uses its
+  first ``image_size_to_num_patches(image_sizes[i], image_grid_pinpoints, vision image_size)`` crops:
+  one base view of the whole image plus the anyres grid.  The images of a batch are stacked in prompt
+  order, sample after sample.
+- ``LlavaNextModel.pack_image_features``: every crop gives ``side**2`` features
+  (``side = image_size // patch_size``; the "default" strategy drops CLIP's CLS token, and anything but
+  ``side**2`` per crop cannot be reshaped into the grid).  The grid ``get_anyres_image_grid_shape``
+  (rows, cols of crops) becomes a ``rows*side x cols*side`` feature map, ``unpad_image`` cuts the rows or
+  columns the image processor had padded, and every remaining feature row ends with one
+  ``image_newline`` embedding.  So an image is ``side**2 + h * (w + 1)`` placeholders, ``(h, w)`` the
+  unpadded map.  ``processing_llava_next.py`` (``_get_number_of_features``) writes the same count of
+  ``<image>`` tokens, newline slots included.
+- ``get_placeholder_mask``: image tokens are ``input_ids == config.image_token_id``, and the model
+  raises when their count differs from the features.  The language model (``model.language_model``,
+  Llama / Mistral / Vicuna) receives ``inputs_embeds`` only.
+
+Newline slots are prunable visual tokens here: they sit at placeholder positions, the processor and the
+model count them as image tokens, and past layer 0 their hidden states carry what they attended to in
+their row, so the small model's attention ranks them like any other visual token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+# the model's own grid arithmetic (module-level helpers, also used by NeXT-Video and OneVision)
+from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape,
+                                                                image_size_to_num_patches, unpad_image)
+
+from .base import Adapter, chosen_items, items_of_samples, take_spans
+
+
+def crop_side(config) -> int:
+    """Features per side of one crop (``vision_config.image_size // patch_size``)."""
+    return config.vision_config.image_size // config.vision_config.patch_size
+
+
+def crops_per_image(config, image_size, patched: bool = True) -> int:
+    """Crops the model reads from ``pixel_values`` for one image (base view + anyres grid)."""
+    if not patched:
+        return 1
+    return image_size_to_num_patches(list(image_size), config.image_grid_pinpoints, config.vision_config.image_size)
+
+
+def image_tokens(config, image_size, patched: bool = True, max_patches: int | None = None) -> int:
+    """Placeholders one image of ``image_size`` (height, width) becomes.
+
+    ``patched=False`` is LLaVA-OneVision's multi-image case (base view only, then one newline);
+    ``max_patches`` its ``anyres_max_N`` downsampling of large grids.  The grid arithmetic is the
+    model's own: ``get_anyres_image_grid_shape`` and ``unpad_image`` from ``modeling_llava_next``.
+    """
+    side = crop_side(config)
+    if not patched:
+        return side * side + 1
+    size = [int(s) for s in image_size]
+    rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
+    # unpad_image only slices by shape: an empty tensor of the feature map's shape stands in for it
+    height, width = unpad_image(torch.empty(0, rows * side, cols * side), size).shape[1:]
+    if max_patches is not None:
+        # LlavaOnevisionModel.pack_image_features: grids over anyres_max_N crops of features are
+        # interpolated down to int(h // ratio) x int(w // ratio) (ratio > 1.1 only)
+        ratio = math.sqrt(height * width / (max_patches * side * side))
+        if ratio > 1.1:
+            height, width = int(height // ratio), int(width // ratio)
+    return side * side + height * (width + 1)
+
+
+class LlavaNextAdapter(Adapter):
+    """Splits anyres image batches; the NeXT-Video and OneVision adapters extend it."""
+
+    # -- per family -------------------------------------------------------------------------
+    def patched_images(self, inputs: dict, n_images: int) -> list[bool]:
+        """Which images are cut into an anyres grid: all of them in LLaVA-NeXT."""
+        return [True] * n_images
+
+    def image_tokens(self, config, image_size, patched: bool) -> int:
+        return image_tokens(config, image_size, patched)
+
+    def video_tokens(self, config, n_frames: int) -> int:
+        raise NotImplementedError(f"{self.family} takes no videos")
+
+    def select_image_extras(self, inputs: dict, owners: list[range], index: torch.Tensor, out: dict) -> None:
+        """Per-image inputs beyond pixels and sizes (OneVision's ``batch_num_images``)."""
+
+    # -- shared -----------------------------------------------------------------------------
+    def select_items(self, model, inputs, index, out):
+        config = model.config
+        pixels, sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
+        if pixels is not None and sizes is not None:
+            patched = self.patched_images(inputs, sizes.shape[0])
+            per_image = [self.image_tokens(config, s.tolist(), p) for s, p in zip(sizes, patched)]
+            tokens = (inputs["input_ids"] == config.image_token_id).sum(1)
+            owners = items_of_samples(tokens, per_image)
+            items = chosen_items(owners, index)
+            if items:  # generate() rejects pixel keys that are present but None
+                crops = [crops_per_image(config, s.tolist(), p) for s, p in zip(sizes, patched)]
+                if pixels.dim() == 5:
+                    # keep the zero padding only up to the chosen images' largest crop count, as the
+                    # processor pads a batch of just these images (the model ignores the padding)
+                    out["pixel_values"] = pixels[items, :max(crops[i] for i in items)]
+                else:  # crops concatenated image after image
+                    out["pixel_values"] = take_spans(pixels, crops, items)
+                out["image_sizes"] = sizes[items]
+                self.select_image_extras(inputs, owners, index, out)
+        videos = inputs.get("pixel_values_videos")
+        if videos is not None:
+            per_video = self.video_tokens(config, videos.shape[1])
+            tokens = (inputs["input_ids"] == config.video_token_id).sum(1)
+            items = chosen_items(items_of_samples(tokens, [per_video] * videos.shape[0]), index)
+            if items:
+                out["pixel_values_videos"] = videos[items]
+                # OneVision's forward also takes per-video frame sizes (unused by the model)
+                if inputs.get("image_sizes_videos") is not None:
+                    out["image_sizes_videos"] = inputs["image_sizes_videos"][items]
+
+
+ADAPTER = LlavaNextAdapter(
+    family="llava_next",
+    class_names=("LlavaNextForConditionalGeneration",),
+    language_model_path="model.language_model",
+    visual_token_id_attrs=("image_token_index",),
+    vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
+                           "vision_feature_select_strategy", "image_grid_pinpoints"),
+    item_keys=("pixel_values", "image_sizes"),
+)
