@@ -1,17 +1,45 @@
-# make demo: run the SGL demo on tiny built-in models (CPU, seconds)
-# make test: run the test suite
-# Both build .venv first: pinned test requirements (CPU torch) before the package itself.
+# make demo: run the SGL demo on tiny built-in models (CPU, seconds), in .venv (transformers 5.23)
+# make test: run the whole test suite in each of the three environments below, one after another;
+#            it fails if any run fails (a pytest exit code 5, nothing collected, included)
+#   make test-5.23  .venv       requirements-test.txt (CPU torch 2.13.0, transformers 5.23.0): native classes
+#   make test-4.49  .venv-4.49  requirements/legacy-4.49.txt (torch 2.14.1, transformers 4.49.0)
+#   make test-4.37  .venv-4.37  requirements/legacy-4.37.txt (torch 2.14.1, transformers 4.37.2)
+# The legacy environments run the original codebases (InternVL2's own model code, the llava
+# package); each test run skips the modules meant for the other line, with the reason.
+# Every environment is built from exact pins before the package itself (a stamp file per venv).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LEGACY := 4.49 4.37
+# the llava package's own pins (transformers 4.37.2, torch 2.1.2, ...) would replace ours: no deps
+LLAVA_TORCH := llava-torch==1.2.2.post1
 
-.PHONY: demo test clean
+.PHONY: demo test test-5.23 $(addprefix test-,$(LEGACY)) clean
 
 demo: $(VENV)/.installed
 	$(BIN)/sgl-patch demo
 
-test: $(VENV)/.installed
+# The environments are built side by side first (downloads and unpacking overlap; one that fails
+# to build is tried again, and reported, by its test target).  Then every environment runs its
+# tests, even when an earlier one fails, so one CI run reports them all.
+ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed)
+SUBMAKE = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST))
+
+test:
+	@start=$$(date +%s); \
+	$(SUBMAKE) -j3 --output-sync=target $(ENV_STAMPS) || echo "make test: an environment failed to build"; \
+	echo "make test: environments ready in $$(( $$(date +%s) - start )) s"; \
+	failed=""; \
+	for env in 5.23 $(LEGACY); do \
+		start=$$(date +%s); \
+		$(SUBMAKE) test-$$env || failed="$$failed test-$$env"; \
+		echo "make test-$$env: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
+	echo "make test: passed in every environment (5.23 $(LEGACY))"
+
+test-5.23: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
 
 $(VENV)/.installed: requirements-test.txt pyproject.toml setup.py
@@ -20,5 +48,16 @@ $(VENV)/.installed: requirements-test.txt pyproject.toml setup.py
 	$(BIN)/python -m pip install -e .
 	touch $@
 
+$(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
+	.venv-$*/bin/python -m pytest -q tests
+
+.PRECIOUS: .venv-%/.installed
+.venv-%/.installed: requirements/legacy-%.txt requirements/legacy-base.txt pyproject.toml setup.py
+	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -r requirements/legacy-$*.txt
+	.venv-$*/bin/python -m pip install --no-deps $(LLAVA_TORCH)
+	.venv-$*/bin/python -m pip install --no-deps -e .
+	touch $@
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(addprefix .venv-,$(LEGACY)) build *.egg-info

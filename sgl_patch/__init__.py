@@ -112,8 +112,12 @@ def stats(model) -> list[dict]:
 def _load_small(large, small):
     if isinstance(small, str):
         logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
+        from .compat import LEGACY
+
+        # the legacy line names the dtype argument torch_dtype
         loaded = type(large).from_pretrained(
-            small, dtype=large.dtype, attn_implementation=large.config._attn_implementation)
+            small, **{"torch_dtype" if LEGACY else "dtype": large.dtype},
+            attn_implementation=large.config._attn_implementation)
         return loaded.to(large.device).eval()
     if not isinstance(small, torch.nn.Module):
         raise TypeError(f"small_model must be a model or a local path / hub id, got {type(small).__name__}")
@@ -132,6 +136,7 @@ def _check_pair(large, small, adapter) -> None:
         raise ValueError(f"small_model {type(small).__name__} is not of the large model's family "
                          f"({type(large).__name__}); SGL needs a small VLM of the same family")
     differences = []
+    adapter.prepare_guide(small, large)
     large_ids, small_ids = adapter.visual_token_ids(large), small_adapter.visual_token_ids(small)
     if large_ids != small_ids:
         differences.append(f"visual placeholder ids: large {large_ids} vs small {small_ids}")
@@ -154,6 +159,12 @@ def _parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _vocabulary_size(model) -> int:
+    # the original codebases' VLM classes leave get_output_embeddings to their language model
+    head = model.get_output_embeddings() or adapter_for(model).forward_module(model).get_output_embeddings()
+    return head.weight.shape[0]
+
+
 def _check_same_tokens(large, small) -> None:
     """Early exit returns the small model's tokens as the large model's: they must mean the same."""
     differences = []
@@ -162,8 +173,7 @@ def _check_same_tokens(large, small) -> None:
         a, b = getattr(large.generation_config, attr, None), getattr(small.generation_config, attr, None)
         if a != b:
             differences.append(f"{attr}: large {a!r} vs small {b!r}")
-    large_vocab = large.get_output_embeddings().weight.shape[0]
-    small_vocab = small.get_output_embeddings().weight.shape[0]
+    large_vocab, small_vocab = _vocabulary_size(large), _vocabulary_size(small)
     # Checkpoints of one family often pad their embedding tables differently (Qwen2-VL-2B: 151936,
     # -7B: 152064) over one tokenizer; only a small vocabulary larger than the large one is unsafe.
     if small_vocab > large_vocab:

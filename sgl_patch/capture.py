@@ -15,6 +15,7 @@ holds the originals and nothing of ours runs.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import threading
 from contextlib import contextmanager, nullcontext
@@ -25,6 +26,7 @@ import wrapt
 
 from . import state as model_state
 from .adapters import adapter_for
+from .compat import LEGACY, cache_length, layer_keys
 
 _install_lock = threading.Lock()
 _install_count = 0
@@ -82,8 +84,9 @@ class CaptureSession:
     decoding only append to it).  Without a cache each step is scored as it runs.
     """
 
-    def __init__(self, model, adapter):
+    def __init__(self, model, adapter, prompt_ids=None):
         self.model, self.adapter = model, adapter
+        self.prompt_ids = prompt_ids  # for forwards fed inputs_embeds only
         self.module_ids = frozenset(id(m) for m in adapter.attention_modules(model))
         self.forwards = 0
         self._prefill = self._decode = None
@@ -100,6 +103,9 @@ class CaptureSession:
         self.end_tokens = None                  # end-token ids: a finished row's steps do not count
         self._ended = None                      # [b] rows whose fed tokens include an end token
         self._queries: dict[int, tuple] = {}    # id(module) -> (module, attention kwargs, [queries])
+        # raw next-token logits of each forward, kept where generate cannot return them
+        # (output_logits is 4.38+): None when not wanted
+        self.step_logits: list | None = None
 
     @property
     def prefill(self) -> torch.Tensor:
@@ -114,7 +120,9 @@ class CaptureSession:
         input_ids = call.get("input_ids")
         mask = call.get("attention_mask")
         cache = call.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
+        past = cache_length(cache)
+        if input_ids is None:
+            input_ids = self._ids_for_embeds(call.get("inputs_embeds"), past)
         if input_ids is None:
             raise ValueError("importance capture needs input_ids to locate visual tokens; "
                              "call the small model with input_ids, not inputs_embeds")
@@ -158,6 +166,21 @@ class CaptureSession:
             else:
                 self.row_valid = None if bool(active.all()) else active[:, None, None, None, None]
         self.forwards += 1
+
+    def _ids_for_embeds(self, embeds, past: int):
+        """Models that generate from ``inputs_embeds`` (``Adapter.forward_path``) show their forward
+        no ids: the prompt's ids, given to ``capturing``, say what is visual.  Decoding steps
+        only need a stand-in of the right shape (their visual columns are already known)."""
+        ids = self.prompt_ids
+        if ids is None or embeds is None:
+            return None
+        if past == 0 and self.forwards == 0:
+            return ids.to(embeds.device) if tuple(ids.shape) == tuple(embeds.shape[:2]) else None
+        return torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    def record_logits(self, logits: torch.Tensor) -> None:
+        """The output head's logits of one forward (its last position is the next token's)."""
+        self.step_logits.append(logits[:, -1].float())
 
     def _mask_bias(self, kv_len: int, device):
         if kv_len not in self._bias:
@@ -290,16 +313,82 @@ def _remove_attention_wrappers() -> None:
 
 
 @contextmanager
-def capturing(model):
+def capturing(model, prompt_ids=None):
     """Record importance on ``model`` for the duration, in this context only; yields the
-    ``CaptureSession``.  Inside, ``model.generate`` runs as a plain model's, even if it is patched."""
-    session = CaptureSession(model, adapter_for(model))
+    ``CaptureSession``.  Inside, ``model.generate`` runs as a plain model's, even if it is patched.
+    ``prompt_ids``: the prompt's ids, for models whose forward only gets ``inputs_embeds``."""
+    session = CaptureSession(model, adapter_for(model), prompt_ids)
     with model_state.calling(model, capture=session):
+        if LEGACY:  # no dispatch table: the attention wrappers installed with the model state record
+            yield session
+            return
         _install_attention_wrappers()
         try:
             yield session
         finally:
             _remove_attention_wrappers()
+
+
+# -- the legacy line: attention modules and their rotary function ---------------------------------
+# (query, keys) rotated by apply_rotary_pos_emb inside the attention forward being captured
+_rotated: contextvars.ContextVar[list | None] = contextvars.ContextVar("sgl_rotated", default=None)
+
+
+def legacy_attention_forward(wrapped, instance, args, kwargs):
+    """A text attention module of a model under capture: read its rotated query and all its keys.
+
+    The query comes from ``apply_rotary_pos_emb`` (``record_rotary``), the keys from the cache
+    after the forward (every key the layer attended to), or the rotated keys without a cache.
+    """
+    session = None
+    for call in model_state.active_calls():
+        if call.capture is not None and id(instance) in call.capture.module_ids:
+            session = call.capture
+    if session is None:
+        return wrapped(*args, **kwargs)
+    rotated = []
+    token = _rotated.set(rotated)
+    try:
+        out = wrapped(*args, **kwargs)
+    finally:
+        _rotated.reset(token)
+    if not rotated:
+        raise RuntimeError(f"{type(instance).__name__} did not call apply_rotary_pos_emb: importance "
+                           "capture cannot read its queries")
+    query, new_keys = rotated[-1]
+    bound = model_state.bind_arguments(wrapped, args, kwargs)
+    session.record(instance, query, _all_keys(bound.get("past_key_value"), instance, new_keys), {})
+    return out
+
+
+def _all_keys(past, module, new_keys):
+    if past is None:
+        return new_keys
+    if isinstance(past, (tuple, list)):  # legacy tuple cache (k, v) of this layer, before this step
+        return torch.cat([past[0], new_keys], dim=-2) if len(past) else new_keys
+    keys = layer_keys(past, module.layer_idx)  # a Cache object, already updated by the forward
+    return keys if keys is not None else new_keys
+
+
+def _record_head_logits(model, session):
+    """A forward hook on ``model``'s output head that hands each forward's logits to ``session``
+    (for this context's call only: other threads may use the model meanwhile)."""
+    head = model.get_output_embeddings() or adapter_for(model).forward_module(model).get_output_embeddings()
+
+    def hook(module, args, output):
+        call = model_state.current_call(model)
+        if call is not None and call.capture is session:
+            session.record_logits(output)
+
+    return head.register_forward_hook(hook)
+
+
+def record_rotary(wrapped, instance, args, kwargs):
+    out = wrapped(*args, **kwargs)
+    rotated = _rotated.get()
+    if rotated is not None:
+        rotated.append((out[0], out[1]))
+    return out
 
 
 def answer_mask(new_tokens: torch.Tensor, eos_token_ids) -> torch.Tensor:
@@ -336,22 +425,35 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
     """
     settings = dict(settings)
     settings.pop("streamer", None)
-    config = copy.deepcopy(settings.pop("generation_config", None) or model.generation_config)
-    settings.update(num_beams=1, num_return_sequences=1, return_dict_in_generate=True,
-                    output_logits=with_confidence, output_scores=False, output_attentions=False,
-                    output_hidden_states=False)
+    config = copy.deepcopy(settings.pop("generation_config", None) or adapter_for(model).generation_config(model))
+    settings.update(num_beams=1, num_return_sequences=1, return_dict_in_generate=True, output_scores=False,
+                    output_attentions=False, output_hidden_states=False)
+    if not LEGACY:  # the legacy line has no output_logits: the session keeps them itself
+        settings["output_logits"] = with_confidence
     other = config.update(**settings)  # returns what is not a generation option
-    with _own_random_stream(model, sampling=bool(config.do_sample)), capturing(model) as session:
+    with _own_random_stream(model, sampling=bool(config.do_sample)), \
+            capturing(model, prompt_ids=inputs.get("input_ids")) as session:
         ends = eos_ids(config.eos_token_id)
         session.end_tokens = torch.tensor(sorted(ends), dtype=torch.long) if ends else None
-        out = generate_fn(**inputs, generation_config=config, **other)
+        head_hook = None
+        if LEGACY and with_confidence:
+            session.step_logits = []
+            head_hook = _record_head_logits(model, session)
+        try:
+            out = generate_fn(**adapter_for(model).generate_arguments(inputs), generation_config=config, **other)
+        finally:
+            if head_hook is not None:
+                head_hook.remove()
         session.finish()
-    prompt_length = inputs["input_ids"].shape[1]
+    # one forward per new token; what precedes them is the prompt as generate returns it (all of
+    # it for input_ids, nothing or a start token for models that generate from inputs_embeds)
+    prompt_length = out.sequences.shape[1] - session.forwards
     new_tokens = out.sequences[:, prompt_length:]
     valid = answer_mask(new_tokens, eos_ids(config.eos_token_id))
     confidence = None
     if with_confidence:
-        confidence = (confidence_from_logits(out.logits, new_tokens, valid) if new_tokens.shape[1]
+        step_logits = session.step_logits if session.step_logits is not None else out.logits
+        confidence = (confidence_from_logits(step_logits, new_tokens, valid) if new_tokens.shape[1]
                       else torch.ones(new_tokens.shape[0]))
     return Importance(out.sequences, session.prefill, session.decode, session.n_visual,
                       confidence, prompt_length, valid)
@@ -365,6 +467,8 @@ def importance(small_model, max_new_tokens: int = 32, **inputs) -> Importance:
     model: from text tokens after the first visual token during prefill, and from every forward
     pass of decoding.
     """
+    if "inputs" in inputs:  # llava's generate names the prompt ``inputs``
+        inputs["input_ids"] = inputs.pop("inputs")
     return generate_with_importance(small_model, small_model.generate, inputs,
                                     {"max_new_tokens": max_new_tokens, "do_sample": False})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters import adapter_for
 from .capture import Importance
 from .prune import pruned
 
@@ -25,15 +26,15 @@ def consistency(small_model, adapter, importance: Importance, inputs: dict, reta
     placeholder = (is_placeholder & valid).any(1)
     answer = answer.masked_fill(is_placeholder, _text_id(small_model))
     forced = adapter.extend_inputs(inputs, answer, valid)
-    with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain):
-        logits = small_model(**forced, use_cache=False, logits_to_keep=n_answer + 1).logits
+    with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain, prompt_ids=forced["input_ids"]):
+        logits = adapter.teacher_forced_logits(small_model, forced, n_answer + 1)
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, answer[..., None].to(logits.device)).squeeze(-1)
     scores = torch.exp(torch.where(valid.to(logp.device), logp, 0.0).sum(1))
     return scores.masked_fill(placeholder.to(scores.device), 0.0)
 
 
 def _text_id(model) -> int:
-    config = model.generation_config
+    config = adapter_for(model).generation_config(model)
     for candidate in (config.pad_token_id, config.eos_token_id, config.bos_token_id, 0):
         if isinstance(candidate, (list, tuple)):
             candidate = candidate[0] if candidate else None

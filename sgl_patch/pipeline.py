@@ -46,15 +46,17 @@ class Applied:
             logger.warning(message)
 
 
-def _split_call(wrapped, args, kwargs) -> tuple[dict, dict]:
+def _split_call(wrapped, args, kwargs, adapter) -> tuple[dict, dict]:
     """(model inputs, generation settings) of a ``generate`` call."""
     call = model_state.bind_arguments(wrapped, args, kwargs)
     if "inputs" in call:
         call["input_ids"] = call.pop("inputs")
     inputs, settings = {}, {}
     for key, value in call.items():
-        # None values are settings too (top_p=None): they reach generate exactly as given
-        is_input = key not in _SETTING_KEYS and isinstance(value, torch.Tensor)
+        # None values are settings too (top_p=None): they reach generate exactly as given; per-image
+        # inputs may be lists (llava's images, image_sizes)
+        is_input = key not in _SETTING_KEYS and (isinstance(value, torch.Tensor)
+                                                 or key in adapter.item_keys and value is not None)
         (inputs if is_input else settings)[key] = value
     return inputs, settings
 
@@ -64,7 +66,7 @@ def _on(device, inputs: dict) -> dict:
 
 
 def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
-    inputs, settings = _split_call(wrapped, args, kwargs)
+    inputs, settings = _split_call(wrapped, args, kwargs, adapter)
     input_ids = inputs.get("input_ids")
     if input_ids is None:
         applied.warn_once("no-ids", "sgl_patch: generate() without input_ids cannot locate visual tokens; "
@@ -86,7 +88,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
 
     config = applied.config
     small = applied.small_model
-    generation_config = settings.get("generation_config") or model.generation_config
+    generation_config = settings.get("generation_config") or adapter.generation_config(model)
     n_return = settings.get("num_return_sequences", generation_config.num_return_sequences) or 1
 
     # 1. small model: answer + importance (+ SEE scores)
@@ -96,11 +98,16 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     own_decoding = [k for k in _CALLER_DECODING if settings.get(k)]
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
     small_inputs = _on(small.device, {k: v for k, v in inputs.items() if k != "inputs_embeds"})
+    adapter.prepare_guide(small, model)
     with torch.no_grad():
         imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
                                        with_confidence=config.exit_threshold is not None)
     n_visual = visual.sum(1).cpu()
-    if not torch.equal(imp.n_visual.cpu(), n_visual):
+    if adapter.expands_placeholders:
+        # the large model lays out its visual tokens in its own forward, where the pruning plan
+        # checks them against the small model's counts
+        n_visual = imp.n_visual.cpu()
+    elif not torch.equal(imp.n_visual.cpu(), n_visual):
         row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])
         raise ValueError(count_mismatch_message(int(imp.n_visual[row]), int(n_visual[row]), row))
 
@@ -133,7 +140,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
         sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
         with pruned(model, sub_imp, layer=applied.layer, retain=config.retain,
                     prompt_ids=sub_inputs["input_ids"]) as run:
-            large_out = wrapped(**sub_inputs, **settings)
+            large_out = wrapped(**adapter.generate_arguments(sub_inputs), **settings)
         kept = _kept_per_sample(run.prompt_plan, remaining)
     large_seconds = time.perf_counter() - started
 

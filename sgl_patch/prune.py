@@ -26,6 +26,7 @@ import torch
 
 from . import state as model_state
 from .adapters import adapter_for
+from .compat import LEGACY, cache_length
 from .config import check_fraction
 
 
@@ -99,6 +100,9 @@ class PruneRun:
         # the language model whose masked additions (DeepStack) this run remaps, and what they are
         self.language_model_id = id(adapter.language_model(model))
         self.masked_additions = {a.method: a for a in adapter.masked_additions}
+        # legacy attention's own rotary tables in layers K.. (see ``rotary_length``)
+        self.rotary_ids = frozenset(id(a.rotary_emb) for a in adapter.attention_modules(model)[layer:]
+                                    if getattr(a, "rotary_emb", None) is not None)
         self._forward = None               # (past length, 2D mask, covers prompt)
         self._layer_inputs = None          # kwargs for layers K.. of the current forward
         self._gathered = None              # (index, filled) of the hidden states of layers K.., if gathered
@@ -107,7 +111,7 @@ class PruneRun:
     def begin_forward(self, call: dict) -> None:
         input_ids, mask = call.get("input_ids"), call.get("attention_mask")
         cache = call.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
+        past = cache_length(cache)
         if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             raise NotImplementedError("SGL pruning needs a 2D attention_mask (or none); precomputed "
                                       "4D masks (static caches, torch.compile) are not supported yet")
@@ -117,7 +121,8 @@ class PruneRun:
             if input_ids is None:
                 raise ValueError("SGL pruning needs input_ids to locate visual tokens; "
                                  "call the model with input_ids, not inputs_embeds")
-            if self.layer == 0 and cache is not None:
+            # (legacy models create their cache inside the forward: use_cache says whether they will)
+            if self.layer == 0 and (cache is not None or (LEGACY and call.get("use_cache") is not False)):
                 raise ValueError("layer=0 cannot be used with a KV cache (transformers reads the cache "
                                  "length from layer 0): pass use_cache=False or prune at layer >= 1")
             if mask is None:
@@ -184,6 +189,7 @@ class PruneRun:
         generated = mask[:, plan.prompt_length:]  # tokens after the prompt, all kept
         pruned_mask = torch.cat([plan.slot_valid, generated.to(plan.slot_valid.device)], dim=1)
         position_embeddings = call.get("position_embeddings")
+        position_ids = call.get("position_ids")
         if covers_prompt:
             # this forward holds the prompt (prefill, or every step without a cache)
             extra = torch.arange(plan.prompt_length, q_len, device=hidden.device)
@@ -195,16 +201,34 @@ class PruneRun:
             if position_embeddings is not None:
                 position_embeddings = tuple(_gather_seq(t.expand(batch, *t.shape[1:]), index)
                                             for t in position_embeddings)
-        from transformers.masking_utils import create_causal_mask
+            if position_ids is not None and position_ids.dim() == 2:
+                position_ids = _gather_seq(position_ids.expand(batch, -1), index)
+        if LEGACY:
+            # Legacy layers compute rotary inside attention from position_ids (the kept tokens'
+            # own positions) and take the mask in the format the model built for its backend.
+            self._layer_inputs = {"attention_mask": legacy_layer_mask(call.get("attention_mask"), pruned_mask,
+                                                                      hidden, self.text_config),
+                                  "position_ids": position_ids}
+        else:
+            from transformers.masking_utils import create_causal_mask
 
-        layer_mask = create_causal_mask(
-            config=self.text_config, inputs_embeds=hidden, attention_mask=pruned_mask,
-            past_key_values=call.get("past_key_values"), position_ids=None, layer_idx=self.layer)
-        # gapped position ids would read as packed sequences to FlashAttention: drop them
-        self._layer_inputs = {"attention_mask": layer_mask, "position_ids": None}
+            layer_mask = create_causal_mask(
+                config=self.text_config, inputs_embeds=hidden, attention_mask=pruned_mask,
+                past_key_values=call.get("past_key_values"), position_ids=None, layer_idx=self.layer)
+            # gapped position ids would read as packed sequences to FlashAttention: drop them
+            self._layer_inputs = {"attention_mask": layer_mask, "position_ids": None}
         if position_embeddings is not None:
             self._layer_inputs["position_embeddings"] = position_embeddings
         return hidden
+
+    # -- called by the rotary-table wrapper (legacy attention that slices its table) --------------
+    def rotary_length(self, seq_len):
+        """Legacy attention slices its rotary table to its own cache + new tokens, which layers >= K
+        hold fewer of; the kept tokens keep their original positions, so the table must cover the
+        whole sequence of this forward."""
+        if self._forward is None or seq_len is None:
+            return seq_len
+        return max(int(seq_len), int(self._forward[1].shape[1]))
 
     # -- called by the masked-addition wrapper (Adapter.masked_additions, e.g. DeepStack) ---------
     def call_masked_addition(self, wrapped, args, kwargs):
@@ -241,6 +265,31 @@ def remap_masked_rows(mask: torch.Tensor, values: torch.Tensor, index: torch.Ten
     rows = row_of.gather(1, index)
     new_mask = (rows >= 0) & filled.to(rows.device)
     return new_mask, values[rows[new_mask].to(values.device)]
+
+
+def legacy_layer_mask(received, key_valid: torch.Tensor, hidden: torch.Tensor, text_config):
+    """The mask for a legacy decoder layer >= K, in the format its backend expects.
+
+    ``received``: what the model built for the full sequence (4D additive for eager / SDPA, 2D or
+    None for FlashAttention 2); ``key_valid``: ``[b, kv]`` over the pruned keys (past + new).
+    Rows are right-aligned, so query ``i`` sits at key position ``kv - q + i``.
+    """
+    implementation = (getattr(text_config, "_attn_implementation", None)
+                      or getattr(text_config, "attn_implementation", None) or "eager")
+    if received is not None and received.dim() == 2 or received is None and "flash" in implementation:
+        return None if bool(key_valid.all()) else key_valid.to(torch.long)
+    batch, q_len = hidden.shape[:2]
+    kv_len = key_valid.shape[1]
+    device = hidden.device
+    query_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+    allowed = (torch.arange(kv_len, device=device)[None, :] <= query_pos[:, None])[None] & \
+        key_valid.to(device)[:, None, :]
+    # a padding or filler row that may see nothing attends to itself: never an all-masked row
+    alone = ~allowed.any(-1)
+    allowed[:, torch.arange(q_len, device=device), query_pos] |= alone
+    dtype = received.dtype if received is not None else hidden.dtype
+    return torch.zeros(batch, 1, q_len, kv_len, dtype=dtype, device=device).masked_fill_(
+        ~allowed[:, None], torch.finfo(dtype).min)
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import inspect
+import sys
 import threading
 import weakref
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import patching
+from .compat import LEGACY
 from .adapters import Adapter, adapter_for
 
 STATE_ATTR = "_sgl_state"
@@ -41,6 +43,7 @@ class ModelState:
     owner: Any = None      # weakref to the model: a shallow copy (copy.copy) shares __dict__ values
     applied: Any = None    # pipeline.Applied after ``apply``
     users: int = 0         # calls of ours (capture, pruning) running on the model, in any thread
+    call_ids: tuple = ()   # ids a call on the model is found by: the model's, and its forward module's
     release: Any = None    # gives back this model's class-wrapper references, once
 
     # a copy of a patched model (deepcopy, pickle, torch.save) is an unpatched model: patches,
@@ -78,7 +81,9 @@ def current_call(model) -> ModelCall | None:
 
 def active_calls():
     """The ``ModelCall``s of this context (empty outside our own code)."""
-    return _calls.get().values()
+    calls = _calls.get()
+    # a call is listed once per id it is found by (the model, its forward module): once is enough
+    return list({id(call): call for call in calls.values()}.values()) if calls else ()
 
 
 @contextmanager
@@ -93,7 +98,8 @@ def calling(model, **what):
             raise RuntimeError(f"{type(model).__name__} is already in a {name} call of sgl_patch in this "
                                "thread; nested calls on one model are not supported")
     state = acquire(model)
-    token = _calls.set({**_calls.get(), id(model): dataclasses.replace(previous, **what)})
+    call = dataclasses.replace(previous, **what)
+    token = _calls.set({**_calls.get(), **{key: call for key in state.call_ids}})
     try:
         yield state
     finally:
@@ -111,18 +117,24 @@ def attach(model) -> ModelState:
         state = ModelState(adapter=adapter, owner=weakref.ref(model))
         layer_cls = type(adapter.decoder_layers(model)[0])
         language_model_cls = type(adapter.language_model(model))
-        targets = [(type(model), "forward", _model_forward),
+        forward_module = adapter.forward_module(model)
+        state.call_ids = (id(model),) if forward_module is model else (id(model), id(forward_module))
+        targets = [(type(forward_module), "forward", _model_forward),
                    (type(model), "generate", _model_generate),
                    (layer_cls, "forward", _layer_forward)]
         # a class without the method (another transformers version) never calls it: nothing to follow
         targets += [(language_model_cls, addition.method, _masked_addition)
                     for addition in adapter.masked_additions if hasattr(language_model_cls, addition.method)]
+        if LEGACY:
+            targets += _legacy_targets(adapter.attention_modules(model)[0])
+        if adapter.expansion_method is not None:
+            targets.append((type(model), adapter.expansion_method, _expansion))
         wrapped = []
         for cls, name, wrapper in targets:
             patching.wrap_method(cls, name, wrapper)
             wrapped.append((cls, name))
         routed = [_route_device_hook(module, wrapper) for module, wrapper in
-                  [(model, _model_forward)] + [(layer, _layer_forward) for layer in adapter.decoder_layers(model)]]
+                  [(forward_module, _model_forward)] + [(layer, _layer_forward) for layer in adapter.decoder_layers(model)]]
         # also when the model is garbage-collected while patched, so classes never stay wrapped
         state.release = weakref.finalize(model, _unwrap_all, wrapped, [r for r in routed if r])
         model.__dict__[STATE_ATTR] = state
@@ -245,11 +257,57 @@ def _model_generate(wrapped, instance, args, kwargs):
 def _layer_forward(wrapped, instance, args, kwargs):
     calls = _calls.get()
     if calls:
-        for call in calls.values():
+        for call in active_calls():
             if call.prune is not None:
                 offset = call.prune.layer_offsets.get(id(instance))
                 if offset is not None:
                     return call.prune.call_layer(offset, wrapped, args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+def _legacy_targets(attention) -> list:
+    """Class wrappers that the legacy line needs, which has no attention dispatch table.
+
+    Capture reads each text attention module's rotated query and keys: its forward is wrapped,
+    and so is the ``apply_rotary_pos_emb`` of its modeling module, which every one of these
+    models calls once per attention forward.  Rotary tables that attention slices to its own cache
+    length (``rotary_emb(x, seq_len=...)``) are wrapped so that pruned layers still reach the
+    original positions of the tokens they keep.
+    """
+    from .capture import legacy_attention_forward, record_rotary
+
+    targets = [(type(attention), "forward", legacy_attention_forward)]
+    module = sys.modules[type(attention).__module__]
+    if callable(getattr(module, "apply_rotary_pos_emb", None)):
+        targets.append((module, "apply_rotary_pos_emb", record_rotary))
+    rotary = getattr(attention, "rotary_emb", None)
+    if rotary is not None and "seq_len" in inspect.signature(type(rotary).forward).parameters:
+        targets.append((type(rotary), "forward", _rotary_table))
+    return targets
+
+
+def _expansion(wrapped, instance, args, kwargs):
+    """The model's own image splice (``Adapter.expansion_method``): tell this context's call on
+    the model where the visual tokens of the sequence it lays out are."""
+    call = current_call(instance)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    result, marked_ids = get_state(instance).adapter.expand_placeholders(instance, wrapped, args, kwargs)
+    if marked_ids is not None:
+        for part in (call.capture, call.prune):
+            if part is not None:
+                part.prompt_ids = marked_ids
+    return result
+
+
+def _rotary_table(wrapped, instance, args, kwargs):
+    calls = _calls.get()
+    if calls:
+        for call in active_calls():
+            if call.prune is not None and id(instance) in call.prune.rotary_ids:
+                bound = bind_arguments(wrapped, args, kwargs)
+                bound["seq_len"] = call.prune.rotary_length(bound.get("seq_len"))
+                return wrapped(**bound)
     return wrapped(*args, **kwargs)
 
 
@@ -261,7 +319,7 @@ def _masked_addition(wrapped, instance, args, kwargs):
     """
     calls = _calls.get()
     if calls:
-        for call in calls.values():
+        for call in active_calls():
             if call.prune is not None and call.prune.language_model_id == id(instance):
                 return call.prune.call_masked_addition(wrapped, args, kwargs)
     return wrapped(*args, **kwargs)

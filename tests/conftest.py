@@ -1,15 +1,50 @@
-"""Tiny random models saved and reloaded with ``from_pretrained``, as users load real ones."""
+"""Tiny random models saved and reloaded with ``from_pretrained``, as users load real ones.
+
+The suite runs in every environment ``make test`` builds: transformers 5.x (native classes) and
+the legacy line 4.37.2 .. 4.49 (the original codebases, ``tests/legacy/``).  On a legacy release
+the test modules of this directory, which build native transformers 5.x classes, are skipped as a
+whole with the reason (nothing of them is imported), except ``_ANY_TRANSFORMERS``; so nothing here
+imports a 5.x-only name at module level.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import AutoConfig, Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+import transformers
+from packaging.version import Version
 
 from sgl_patch import tiny
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
-_CLASSES = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+_CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+# -- which modules run on which transformers line --------------------------------------------------
+NATIVE = Version(transformers.__version__).major >= 5
+# modules of this directory that run on every transformers release (the others need native 5.x classes)
+_ANY_TRANSFORMERS = {"test_versions.py"}
+_HERE = Path(__file__).resolve().parent
+
+
+class _SkippedModule(pytest.Module):
+    """A test module skipped as a whole before it is imported (its imports may not exist here)."""
+
+    reason = ""
+
+    def collect(self):
+        pytest.skip(self.reason)
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    path = Path(module_path).resolve()
+    if NATIVE or path.parent != _HERE or path.name in _ANY_TRANSFORMERS:
+        return None
+    module = _SkippedModule.from_parent(parent, path=module_path)
+    module.reason = (f"{path.name}: native transformers 5.x classes, and transformers {transformers.__version__} "
+                     "is the legacy line (here: tests/test_versions.py and tests/legacy/)")
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +62,8 @@ def saved_models(tmp_path_factory):
 
 
 def load(path, attn_implementation="sdpa"):
-    family = AutoConfig.from_pretrained(path).model_type
-    model = _CLASSES[family].from_pretrained(path, attn_implementation=attn_implementation)
+    family = transformers.AutoConfig.from_pretrained(path).model_type
+    model = getattr(transformers, _CLASSES[family]).from_pretrained(path, attn_implementation=attn_implementation)
     return model.eval()
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 
 class MaskedAddition(NamedTuple):
@@ -31,6 +34,9 @@ class Adapter:
     language_model_path: str
     # config attributes that hold the ids of visual placeholder tokens in ``input_ids``
     visual_token_id_attrs: tuple[str, ...]
+    # the transformers versions this family's facts were checked for, as a PEP 440 specifier set
+    # (">=5.0,<6" for native transformers classes); ``adapter_for`` refuses the family elsewhere
+    transformers: str
     # model inputs that are aligned with ``input_ids`` position by position
     token_aligned_keys: tuple[str, ...] = ()
     # dotted config paths of everything that decides how many visual tokens an input becomes;
@@ -42,6 +48,32 @@ class Adapter:
     # methods of the language model that add values at masked positions between decoder layers;
     # the core wraps them (on the class, like decoder layers) to follow the pruned sequence
     masked_additions: tuple[MaskedAddition, ...] = ()
+    # dotted path from the model to the module whose forward runs once per pass over the sequence
+    # ("" = the model itself).  The original codebases (InternVL2, llava) embed the prompt at the
+    # VLM level and generate through their language model with ``inputs_embeds`` only.
+    forward_path: str = ""
+    # the attention module of a decoder layer
+    attention_attr: str = "self_attn"
+    # True when one placeholder in input_ids stands for many visual tokens that only the model's
+    # own image splice lays out (llava's -200 sentinel): ``expand_placeholders`` says where they went
+    expands_placeholders: bool = False
+    # a method of the model that runs that splice (the core wraps it while a call of ours runs)
+    expansion_method: str | None = None
+
+    def __post_init__(self):
+        try:
+            SpecifierSet(self.transformers)
+        except InvalidSpecifier:
+            raise ValueError(f"adapter {self.family!r}: transformers={self.transformers!r} is not a "
+                             "PEP 440 specifier set such as '>=5.0,<6'") from None
+
+    # -- which transformers ----------------------------------------------------------------
+    def check_transformers(self, class_name: str, installed: str | None = None) -> None:
+        """Raise ``UnsupportedTransformersVersion`` when ``installed`` (default: the transformers
+        imported now) is outside ``self.transformers``."""
+        installed = installed_transformers() if installed is None else installed
+        if not version_in(installed, self.transformers):
+            raise UnsupportedTransformersVersion(class_name, installed, self.transformers)
 
     # -- where things are ---------------------------------------------------------------
     def language_model(self, model):
@@ -54,7 +86,14 @@ class Adapter:
         return list(self.language_model(model).layers)
 
     def attention_modules(self, model) -> list:
-        return [layer.self_attn for layer in self.decoder_layers(model)]
+        return [getattr(layer, self.attention_attr) for layer in self.decoder_layers(model)]
+
+    def forward_module(self, model):
+        """The module whose forward marks one pass over the sequence (see ``forward_path``)."""
+        module = model
+        for part in filter(None, self.forward_path.split(".")):
+            module = getattr(module, part)
+        return module
 
     def text_config(self, model):
         return self.language_model(model).config
@@ -84,6 +123,32 @@ class Adapter:
                 value = getattr(value, part, None)
             out[path] = _as_tuples(value)
         return out
+
+    # -- running a small model for a large one ----------------------------------------------
+    def generation_config(self, model):
+        """The generation config ``model.generate`` decodes with when given none: the forward
+        module's where it generates (InternVL2's ``generate`` passes its settings on to its
+        language model's), else the model's."""
+        return getattr(self.forward_module(model), "generation_config", None) or model.generation_config
+
+    def prepare_guide(self, small, large) -> None:
+        """Make ``small`` ready to read the inputs prepared for ``large`` (before each call)."""
+
+    def generate_arguments(self, inputs: dict) -> dict:
+        """``inputs`` (with ``input_ids``) as the model's ``generate`` takes them."""
+        return inputs
+
+    def expand_placeholders(self, model, wrapped, args, kwargs):
+        """Run the ``expansion_method`` call; return its result and ids that mark the visual
+        positions of the sequence it lays out (or None when it laid out nothing)."""
+        raise NotImplementedError(f"{type(self).__name__} names no expansion_method")
+
+    def teacher_forced_logits(self, model, inputs: dict, n_last: int) -> torch.Tensor:
+        """Logits of the last ``n_last`` positions of one cache-less forward over ``inputs``."""
+        from ..compat import LEGACY
+
+        keep = {} if LEGACY else {"logits_to_keep": n_last}  # (4.45+; the legacy line computes all)
+        return model(**inputs, use_cache=False, **keep).logits[:, -n_last:]
 
     # -- batches ---------------------------------------------------------------------------
     def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
@@ -122,6 +187,58 @@ class Adapter:
                 value = inputs[key]
                 out[key] = torch.cat([value, value.new_zeros(new_tokens.shape)], dim=1)
         return out
+
+
+class UnsupportedTransformersVersion(TypeError):
+    """A supported model class under a transformers release its family's facts were not checked for.
+
+    A ``TypeError`` like every "sgl_patch cannot handle this model" error of ``adapter_for``.
+    """
+
+    def __init__(self, class_name: str, installed: str, supported: str):
+        self.class_name, self.installed, self.supported = class_name, installed, supported
+        super().__init__(f"{class_name} is supported on transformers{_spaced(supported)} "
+                         f"(installed: {installed}); {_advice(supported)}")
+
+
+def installed_transformers() -> str:
+    """The version of the transformers imported now (read at each call: tests may change it)."""
+    import transformers
+
+    return str(transformers.__version__)
+
+
+@functools.lru_cache(maxsize=64)
+def version_in(version: str, specifiers: str) -> bool:
+    """True when ``version`` satisfies the PEP 440 ``specifiers`` (pre- and dev releases included:
+    a transformers built from source reports e.g. ``5.24.0.dev0``)."""
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        return False
+    return SpecifierSet(specifiers).contains(parsed, prereleases=True)
+
+
+def _spaced(specifiers: str) -> str:
+    return ",".join(part.strip() for part in specifiers.split(","))
+
+
+# releases that stand for each line, to tell which line a family's range admits
+_NATIVE_LINE, _LEGACY_LINE = ("5.0.0", "5.23.0"), ("4.37.2", "4.49.0")
+
+
+def _advice(supported: str) -> str:
+    native = any(version_in(v, supported) for v in _NATIVE_LINE)
+    legacy = any(version_in(v, supported) for v in _LEGACY_LINE)
+    spec = _spaced(supported)
+    if native and not legacy:
+        return (f"install transformers 5.x for native transformers classes (pip install 'transformers{spec}'); "
+                "the original codebases (InternVL2's own model code, the llava package) are the ones that "
+                "run on the legacy line 4.37.2 .. 4.49")
+    if legacy and not native:
+        return (f"install a transformers release of the legacy line for the original codebases (pip install "
+                f"'transformers{spec}'), or load the model with its native transformers 5.x class")
+    return f"install a transformers release that satisfies {spec!r}"
 
 
 def _as_tuples(value):

@@ -50,6 +50,7 @@ ADAPTER = InternVLAdapter(
     class_names=("InternVLForConditionalGeneration",),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_id",),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size", "downsample_ratio",
                            "vision_feature_select_strategy"),
     item_keys=("pixel_values",),

@@ -29,6 +29,7 @@ ADAPTER = LlavaAdapter(
     class_names=("LlavaForConditionalGeneration",),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_index",),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
                            "vision_feature_select_strategy"),
     item_keys=("pixel_values",),

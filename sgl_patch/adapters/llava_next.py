@@ -32,9 +32,6 @@ from __future__ import annotations
 import math
 
 import torch
-# the model's own grid arithmetic (module-level helpers, also used by NeXT-Video and OneVision)
-from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape,
-                                                                image_size_to_num_patches, unpad_image)
 
 from .base import Adapter, chosen_items, items_of_samples, take_spans
 
@@ -48,6 +45,8 @@ def crops_per_image(config, image_size, patched: bool = True) -> int:
     """Crops the model reads from ``pixel_values`` for one image (base view + anyres grid)."""
     if not patched:
         return 1
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
     return image_size_to_num_patches(list(image_size), config.image_grid_pinpoints, config.vision_config.image_size)
 
 
@@ -58,6 +57,10 @@ def image_tokens(config, image_size, patched: bool = True, max_patches: int | No
     ``max_patches`` its ``anyres_max_N`` downsampling of large grids.  The grid arithmetic is the
     model's own: ``get_anyres_image_grid_shape`` and ``unpad_image`` from ``modeling_llava_next``.
     """
+    # the model's own grid arithmetic (module-level helpers of modeling_llava_next, imported here
+    # because transformers before 4.39 has no llava_next and ``import sgl_patch`` must work there)
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
     side = crop_side(config)
     if not patched:
         return side * side + 1
@@ -128,6 +131,7 @@ ADAPTER = LlavaNextAdapter(
     class_names=("LlavaNextForConditionalGeneration",),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_index",),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
                            "vision_feature_select_strategy", "image_grid_pinpoints"),
     item_keys=("pixel_values", "image_sizes"),

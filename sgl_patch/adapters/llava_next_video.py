@@ -30,6 +30,7 @@ ADAPTER = LlavaNextVideoAdapter(
     class_names=("LlavaNextVideoForConditionalGeneration",),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_index", "video_token_index"),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
                            "vision_feature_select_strategy", "image_grid_pinpoints", "spatial_pool_stride"),
     item_keys=("pixel_values", "image_sizes", "pixel_values_videos"),

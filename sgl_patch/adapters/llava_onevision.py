@@ -67,6 +67,7 @@ ADAPTER = LlavaOnevisionAdapter(
     class_names=("LlavaOnevisionForConditionalGeneration",),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_index", "video_token_index"),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size",
                            "vision_feature_select_strategy", "image_grid_pinpoints", "vision_aspect_ratio"),
     item_keys=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos", "image_sizes_videos"),

@@ -44,6 +44,7 @@ ADAPTER = Qwen2VLAdapter(
     class_names=("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_id", "video_token_id"),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     token_aligned_keys=("mm_token_type_ids",),
     item_keys=tuple(k for m in _MODALITIES for k in (m[1], m[2], *m[3])),
     vision_geometry_attrs=("vision_config.patch_size", "vision_config.spatial_merge_size",

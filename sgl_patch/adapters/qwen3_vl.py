@@ -31,6 +31,7 @@ ADAPTER = Qwen2VLAdapter(
     class_names=("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"),
     language_model_path="model.language_model",
     visual_token_id_attrs=("image_token_id", "video_token_id"),
+    transformers=">=5.0,<6",  # native class; facts checked on transformers 5.23
     # required by get_rope_index whenever grids are given (without it generate silently falls back
     # to text positions); zero for text appended after the prompt
     token_aligned_keys=("mm_token_type_ids",),

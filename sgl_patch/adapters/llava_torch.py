@@ -1,0 +1,102 @@
+"""The original ``llava`` package (PyPI ``llava-torch`` 1.2.2.post1: LLaVA-1.5 / 1.6), as loaded by
+its ``llava.model.builder.load_pretrained_model``, on the legacy transformers line.
+
+Facts, read from the installed package (``llava/model/llava_arch.py``,
+``llava/model/language_model/llava_llama.py``, ``llava_mistral.py``, ``llava/constants.py``) and
+measured on its tiny checkpoints (``sgl_patch/tiny/llava_torch.py``):
+
+- ``LlavaLlamaForCausalLM`` / ``LlavaMistralForCausalLM`` (model types ``llava_llama`` /
+  ``llava_mistral``) are transformers' ``LlamaForCausalLM`` / ``MistralForCausalLM`` plus the
+  ``LlavaMetaForCausalLM`` mixin; decoder layers at ``model.layers``, attention at ``self_attn``.
+- ``input_ids`` hold ``IMAGE_TOKEN_INDEX = -200`` once per image.  ``generate(inputs, images,
+  image_sizes, **kwargs)`` (the prompt is its first parameter, ``inputs``) calls
+  ``prepare_inputs_labels_for_multimodal`` once, which replaces each sentinel with the image's
+  features (LLaVA-1.5: the tower's patches; 1.6 anyres: the base view's patches, then the unpadded
+  grid with one ``image_newline`` per row), drops the padding and pads again on
+  ``config.tokenizer_padding_side``, and returns ``inputs_embeds`` with no record of where the
+  images went; ``generate`` then runs the language model from ``inputs_embeds``.  Decoding steps
+  (one token) skip it.
+- Where the images went is read from the method itself: given labels that are not
+  ``IGNORE_INDEX`` on every text token, it returns ``IGNORE_INDEX`` exactly at the image features
+  (and at padding, which the returned attention mask marks).
+- The vision tower (``model.get_vision_tower()``, a CLIP model loaded from ``mm_vision_tower``)
+  decides the patches per crop; ``image_aspect_ratio``, ``mm_patch_merge_type`` and
+  ``image_grid_pinpoints`` decide the crops and the newline slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter, chosen_items, items_of_samples
+
+IMAGE_TOKEN_INDEX = -200  # llava.constants
+IGNORE_INDEX = -100
+
+
+class LlavaTorchAdapter(Adapter):
+    def visual_token_ids(self, model) -> list[int]:
+        return [IMAGE_TOKEN_INDEX]
+
+    def vision_geometry(self, model) -> dict:
+        tower = model.get_vision_tower()
+        out = super().vision_geometry(model)
+        out.update({"vision_tower.image_size": tower.config.image_size,
+                    "vision_tower.patch_size": tower.config.patch_size})
+        return out
+
+    def generate_arguments(self, inputs: dict) -> dict:
+        # llava's generate names the prompt ``inputs``; ``input_ids=`` would bypass its image splice
+        out = dict(inputs)
+        if "input_ids" in out:
+            out["inputs"] = out.pop("input_ids")
+        return out
+
+    def expand_placeholders(self, model, wrapped, args, kwargs):
+        """Run ``prepare_inputs_labels_for_multimodal`` and say where the image features went."""
+        from ..state import bind_arguments
+
+        call = bind_arguments(wrapped, args, kwargs)
+        input_ids = call.get("input_ids")
+        if call.get("images") is None or input_ids is None or input_ids.shape[1] == 1:
+            return wrapped(*args, **kwargs), None
+        if call.get("labels") is not None:
+            raise NotImplementedError("sgl_patch cannot follow llava's image splice when labels are given "
+                                      "(training forwards); call the model without labels")
+        call["labels"] = torch.zeros_like(input_ids)  # any id but IGNORE_INDEX marks a text token
+        ids, position_ids, mask, past, embeds, labels = wrapped(**call)
+        visual = labels == IGNORE_INDEX
+        if mask is not None:
+            visual &= mask.bool()
+        # ids that mark the visual positions of the expanded sequence (text positions hold 0)
+        marked = torch.where(visual, IMAGE_TOKEN_INDEX, 0)
+        return (ids, position_ids, mask, past, embeds, None), marked
+
+    def select_items(self, model, inputs, index, out):
+        images = inputs.get("images")
+        if images is None:
+            return
+        # one sentinel per image; a sample without one still takes one entry of ``images``
+        per_sample = (inputs["input_ids"] == IMAGE_TOKEN_INDEX).sum(1).clamp(min=1)
+        owners = items_of_samples(per_sample, [1] * len(images))
+        items = chosen_items(owners, index)
+        out["images"] = images[items] if isinstance(images, torch.Tensor) else [images[i] for i in items]
+        sizes = inputs.get("image_sizes")
+        if sizes is not None:
+            out["image_sizes"] = sizes[items] if isinstance(sizes, torch.Tensor) else [sizes[i] for i in items]
+
+
+ADAPTER = LlavaTorchAdapter(
+    family="llava_torch",
+    class_names=("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM"),
+    # llava-torch's own generate breaks on 4.49 (cache_position); 4.38-4.48 are untested
+    transformers=">=4.37.2,<4.38",
+    language_model_path="model",
+    forward_path="model",
+    visual_token_id_attrs=(),
+    expands_placeholders=True,
+    expansion_method="prepare_inputs_labels_for_multimodal",
+    vision_geometry_attrs=("mm_vision_select_feature", "mm_vision_select_layer", "image_aspect_ratio",
+                           "mm_patch_merge_type", "image_grid_pinpoints"),
+    item_keys=("images", "image_sizes"),
+)

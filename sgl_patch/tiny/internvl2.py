@@ -1,0 +1,374 @@
+"""Tiny InternVL2 checkpoints (remote-code ``InternVLChatModel``) for the legacy transformers line.
+
+InternVL2 -- the paper's headline pair is InternVL2-2B guiding InternVL2-26B -- runs on model code
+shipped inside each checkpoint (``trust_remote_code``) on transformers 4.37.2 .. 4.49.  The project
+writes that code's structure itself (``sgl_patch/tiny/internvl2_code``, see its modules'
+docstrings); this module builds checkpoint directories with it, the way the hub has them::
+
+    path = save_checkpoint(tmp / "small", llm="internlm2", size=SMALL)   # like InternVL2-2B
+    model = load(path)                                                   # AutoModel, trust_remote_code
+    tokenizer = load_tokenizer(path)
+    model.chat(tokenizer, pixel_values, "<image>\\nWhat is this?", dict(max_new_tokens=5, do_sample=False))
+    batch = inputs(model, [2, 1, None])        # what batch_chat hands to generate; sets img_context_token_id
+    out = model.generate(**batch, max_new_tokens=4)
+
+Language models by ``llm``: ``internlm2`` (2B/8B/26B, template ``internlm2-chat``), ``qwen2`` (1B,
+``Hermes-2``), ``llama`` (40B, ``Hermes-2``), ``phi3`` (4B, ``phi3-chat``).  Every checkpoint shares
+one tokenizer and one tile geometry (16-px tiles of 2-px patches, pixel-shuffled by 0.5: 16 tokens
+a tile, where a real 448-px tile gives 256), so any may guide any.  ``SMALL`` towers look like
+InternViT-300M (layer norm, qkv bias), ``LARGE`` ones like InternViT-6B (RMS norm, q/k norm).
+
+The tokenizer is a byte-level BPE ``PreTrainedTokenizerFast`` over the project's 512-id vocabulary
+(``base.py``: PAD 0, BOS 1, EOS 2, then ``<img>`` 3, ``</img>`` 4, ``<IMG_CONTEXT>`` 5 -- the
+other families' vision start / end / image ids), adding BOS like InternLM2's tokenizer.  Real
+checkpoints ship their own tokenizers (InternLM2's sentencepiece one is remote code as well).
+
+Weights are random (``build_model``): language models initialised with std 0.1 (real configs say
+0.02; with that the tiny decoders' answers hardly depend on the image) and an lm head scaled by 8
+(as ``TinyFamily.model`` does), and ``llm_config.suppress_tokens`` keeps ``<img>``, ``</img>`` and
+``<IMG_CONTEXT>`` out of answers.  ``llama`` stands for InternVL2-40B (Hermes-2 template); the
+76B's Llama-3 template is not among ``conversation.py``'s.
+
+What ``InternVLChatModel.generate`` returns depends on transformers, because it hands
+``inputs_embeds`` to ``language_model.generate``: on 4.37.2 a BOS column and then the new tokens, on
+4.49 only the new tokens (``bos_columns`` tells which).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .base import BOS, EOS, IMAGE, LARGE, PAD, SMALL, VISION_END, VISION_START, VOCAB, TinySize, text_config
+
+CODE_DIR = Path(__file__).with_name("internvl2_code")
+TILE, PATCH, DOWNSAMPLE = 16, 2, 0.5
+KINDS = ("internlm2", "qwen2", "llama", "phi3")
+
+IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = "<img>", "</img>", "<IMG_CONTEXT>"
+# ids 0..18, in this order; 0..5 match base.py (PAD, BOS, EOS, VISION_START, VISION_END, IMAGE)
+SPECIAL_TOKENS = [
+    "<pad>", "<s>", "</s>", IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN,
+    "<|im_start|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+]
+assert SPECIAL_TOKENS.index(IMG_START_TOKEN) == VISION_START and SPECIAL_TOKENS.index(IMG_END_TOKEN) == VISION_END
+assert SPECIAL_TOKENS.index(IMG_CONTEXT_TOKEN) == IMAGE and SPECIAL_TOKENS.index("<s>") == BOS
+
+# per language model: architecture, chat template, the real checkpoints it stands for
+LLMS = {
+    "internlm2": ("InternLM2ForCausalLM", "internlm2-chat", "InternVL2-2B/8B/26B"),
+    "qwen2": ("Qwen2ForCausalLM", "Hermes-2", "InternVL2-1B"),
+    "llama": ("LlamaForCausalLM", "Hermes-2", "InternVL2-40B"),
+    "phi3": ("Phi3ForCausalLM", "phi3-chat", "InternVL2-4B"),
+}
+ATTENTION = {  # attn_implementation values each language model's code accepts here
+    "internlm2": ("eager", "flash_attention_2"),
+    "phi3": ("eager", "flash_attention_2"),
+    "qwen2": ("eager", "sdpa", "flash_attention_2"),
+    "llama": ("eager", "sdpa", "flash_attention_2"),
+}
+
+QUESTIONS = [
+    "What is this?",
+    "What colour is the square in the picture?",
+    "Describe the image.",
+    "How many circles are there, and which one is the largest?",
+    "Is there a red triangle next to the blue circle on the left?",
+]
+TEXT_QUESTIONS = ["Tell me a short story about a cat.", "What is two plus two?", "Name a colour."]
+
+# text the BPE merges are learnt from (fixed, so every build gives the same tokenizer)
+_CORPUS = """
+What is this? What colour is the square in the picture? Describe the image in detail. How many circles
+are there in the image? Is there a red triangle next to the blue circle on the left? The image shows a
+small green square above a large yellow circle, and a purple triangle on the right side of the picture.
+Answer the question using a single word or phrase. Please describe the chart, the document and the text
+that you can read in this photo. There are two cats and one dog sitting on a bench in the park.
+你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。
+system user assistant The answer is yes. The answer is no. It is a photo of a street with cars and people.
+"""
+
+
+def tokens_per_tile(tile: int = TILE, downsample_ratio: float = DOWNSAMPLE) -> int:
+    """Visual tokens one tile becomes: ``(tile / patch * ratio) ** 2`` (16 here; 256 for a real 448-px tile)."""
+    return int(tile // PATCH * downsample_ratio) ** 2
+
+
+# -- tokenizer -------------------------------------------------------------------------------------
+def _byte_alphabet() -> list[str]:
+    """The 256 characters byte-level BPE writes bytes as (GPT-2's table), in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def _learn_merges(pieces: list[str], count: int) -> list[tuple[str, str]]:
+    """Plain BPE over pre-tokenized ``pieces``: the most frequent pair first, ties to the smaller pair."""
+    words = Counter(pieces)
+    splits = {w: list(w) for w in words}
+    merges = []
+    while len(merges) < count:
+        pairs = Counter()
+        for word, n in words.items():
+            parts = splits[word]
+            for pair in zip(parts, parts[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for word, parts in splits.items():
+            i, out = 0, []
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            splits[word] = out
+    return merges
+
+
+def build_tokenizer():
+    """The tiny tokenizer every checkpoint here shares (``VOCAB`` ids, byte-level BPE, BOS added)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for char in _byte_alphabet():
+        vocab[char] = len(vocab)
+    merges = _learn_merges([piece for piece, _ in pre.pre_tokenize_str(_CORPUS)], VOCAB - len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    reserved = [f"<|reserved_{i}|>" for i in range(VOCAB - len(vocab))]  # only if the corpus ran out of pairs
+    for token in reserved:
+        vocab[token] = len(vocab)
+    assert len(vocab) == VOCAB, len(vocab)
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", BOS)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS + reserved])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=SPECIAL_TOKENS[3:] + reserved, padding_side="right", model_max_length=4096,
+    )
+
+
+# -- configs ----------------------------------------------------------------------------------------
+def vision_config(size: TinySize, tile: int = TILE) -> dict:
+    """InternViT settings: SMALL like InternViT-300M, anything larger like InternViT-6B."""
+    like_6b = size.hidden > SMALL.hidden
+    return dict(
+        architectures=["InternVisionModel"], model_type="intern_vit_6b", num_channels=3, image_size=tile,
+        patch_size=PATCH, hidden_size=size.vision_dim, intermediate_size=4 * size.vision_dim,
+        num_attention_heads=size.vision_heads, num_hidden_layers=size.vision_depth, hidden_act="gelu",
+        norm_type="rms_norm" if like_6b else "layer_norm", qkv_bias=not like_6b, qk_normalization=like_6b,
+        initializer_factor=0.1 if like_6b else 1.0, layer_norm_eps=1e-6, use_flash_attn=False,
+        drop_path_rate=0.0, dropout=0.0, attention_dropout=0.0,
+    )
+
+
+def llm_config(llm: str, size: TinySize) -> dict:
+    """The ``llm_config`` dict of a checkpoint's config.json for language model ``llm``."""
+    architecture = LLMS[llm][0]
+    # initializer_range 0.1 (real checkpoints say 0.02; it only seeds random weights): with 0.02 the tiny
+    # decoders pass so little context to the last position that answers hardly depend on the image
+    config = dict(text_config(size), architectures=[architecture], hidden_act="silu", attn_implementation="eager",
+                  initializer_range=0.1,
+                  # like real checkpoints, never emit image markers as answer text (language_model.generate
+                  # reads its generation config from this llm_config)
+                  suppress_tokens=[VISION_START, VISION_END, IMAGE])
+    if llm == "internlm2":
+        config.update(model_type="internlm2", bias=False, rope_theta=1000000, rms_norm_eps=1e-5,
+                      rope_scaling={"type": "dynamic", "factor": 2.0},
+                      auto_map={"AutoConfig": "configuration_internlm2.InternLM2Config",
+                                "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                                "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"})
+    elif llm == "qwen2":
+        config.update(model_type="qwen2", rope_theta=1000000.0, rms_norm_eps=1e-6, use_sliding_window=False)
+    elif llm == "llama":
+        config.update(model_type="llama", rope_theta=5000000.0, rms_norm_eps=1e-5)
+    elif llm == "phi3":
+        half = size.hidden // size.heads // 2
+        config.update(model_type="phi3", rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                      original_max_position_embeddings=4096, sliding_window=262144,
+                      rope_scaling={"type": "su", "short_factor": [1.0] * half,
+                                    "long_factor": [1.0 + 0.5 * i for i in range(half)]})
+    else:
+        raise ValueError(f"unknown llm {llm!r}; choose one of {', '.join(LLMS)}")
+    return config
+
+
+def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int = TILE):
+    """An ``InternVLChatConfig`` (our code's class) as InternVL2's config.json has it."""
+    from .internvl2_code.configuration_internvl_chat import InternVLChatConfig
+
+    return InternVLChatConfig(
+        vision_config=vision_config(size, tile), llm_config=llm_config(llm, size), template=LLMS[llm][1],
+        downsample_ratio=DOWNSAMPLE, force_image_size=tile, select_layer=-1, ps_version="v2",
+        dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=12,
+        architectures=["InternVLChatModel"],
+        auto_map={"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                  "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+                  "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"},
+    )
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE):
+    """A tiny random ``InternVLChatModel`` (our package's classes), float32, eval mode."""
+    from .internvl2_code.modeling_internvl_chat import InternVLChatModel
+
+    torch.manual_seed(seed)
+    model = InternVLChatModel(checkpoint_config(llm, size, tile), use_flash_attn=False)
+    # Random init gives near-uniform next-token distributions; a larger lm head spread makes greedy
+    # answers (and early-exit scores) meaningful instead of coin flips -- as TinyFamily.model does.
+    with torch.no_grad():
+        model.language_model.get_output_embeddings().weight.mul_(8.0)
+    return model.eval()
+
+
+def save_checkpoint(directory, llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE) -> str:
+    """Write a checkpoint directory as the hub has InternVL2's: config.json with ``auto_map``, the model
+    code files, safetensors weights, a tokenizer and a generation config.  Returns the path."""
+    from transformers import GenerationConfig
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    build_model(llm, size, seed, tile).save_pretrained(directory)
+    for source in sorted(CODE_DIR.glob("*.py")):
+        if source.name != "__init__.py":
+            shutil.copyfile(source, directory / source.name)
+    build_tokenizer().save_pretrained(directory)
+    end_of_turn = SPECIAL_TOKENS.index("<|end|>" if llm == "phi3" else "<|im_end|>")
+    GenerationConfig(bos_token_id=BOS, eos_token_id=[EOS, end_of_turn], pad_token_id=PAD).save_pretrained(directory)
+    with open(directory / "config.json") as f:  # auto_map must name the copied files, which it does
+        assert "auto_map" in json.load(f)
+    return os.fspath(directory)
+
+
+def load(directory, attn_implementation: str = "eager", remote_code: bool = True):
+    """Load a saved checkpoint in eval mode.
+
+    ``remote_code=True`` goes through ``AutoModel.from_pretrained(..., trust_remote_code=True)`` (the
+    classes then live in ``transformers_modules.<dir>``, as for hub checkpoints); ``False`` uses the
+    classes of ``sgl_patch.tiny.internvl2_code`` directly (as InternVL's own eval scripts import them).
+    ``attn_implementation`` sets the language model's attention: ``eager`` everywhere, ``sdpa`` for
+    Qwen2/Llama, ``flash_attention_2`` where the flash_attn package imports.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    if remote_code:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
+        model_class, extra = AutoModel, dict(trust_remote_code=True)
+    else:
+        from .internvl2_code.configuration_internvl_chat import InternVLChatConfig
+        from .internvl2_code.modeling_internvl_chat import InternVLChatModel
+
+        config = InternVLChatConfig.from_pretrained(directory)
+        model_class, extra = InternVLChatModel, {}
+    kind = next(k for k, v in LLMS.items() if v[0] == config.llm_config.architectures[0])
+    if attn_implementation not in ATTENTION[kind]:
+        raise ValueError(f"{kind} language models take attn_implementation in {ATTENTION[kind]}, "
+                         f"not {attn_implementation!r}")
+    flash = attn_implementation == "flash_attention_2"
+    if flash:
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash_attn package")
+    # transformers' Qwen2/Llama and the Phi-3 code read _attn_implementation; InternLM2 reads the
+    # plain attn_implementation field, which InternVLChatModel.__init__ sets from use_flash_attn
+    config.llm_config._attn_implementation = attn_implementation
+    model = model_class.from_pretrained(directory, config=config, use_flash_attn=flash, **extra)
+    return model.eval()
+
+
+def load_tokenizer(directory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def chat_query(model, num_patches: int | None, question: str) -> str:
+    """The prompt ``chat``/``batch_chat`` build for one question (``None`` patches: no image, as for text-only chat)."""
+    from .internvl2_code.conversation import get_conv_template
+
+    if num_patches is not None and "<image>" not in question:
+        question = "<image>\n" + question
+    template = get_conv_template(model.template)
+    template.system_message = model.system_message
+    template.append_message(template.roles[0], question)
+    template.append_message(template.roles[1], None)
+    query = template.get_prompt()
+    if num_patches is not None:
+        image = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * model.num_image_token * num_patches + IMG_END_TOKEN
+        query = query.replace("<image>", image, 1)
+    return query
+
+
+def default_questions(samples, seed: int = 0) -> list[str]:
+    """Questions of different lengths, one per sample (text-only samples get text questions)."""
+    pools = [TEXT_QUESTIONS if n is None else QUESTIONS for n in samples]
+    return [pool[(seed + i) % len(pool)] for i, pool in enumerate(pools)]
+
+
+def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0) -> dict:
+    """What ``batch_chat`` hands to ``generate`` for ``samples`` (tile counts; None = text only).
+
+    Returns ``input_ids`` and ``attention_mask`` (left padded) and, when any sample has tiles,
+    ``pixel_values`` ``[sum(tiles), 3, tile, tile]`` in sample order; sets ``model.img_context_token_id``
+    as ``batch_chat`` does, so ``model.generate(**inputs(model, ...), max_new_tokens=...)`` runs.
+    """
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    questions = list(questions) if questions is not None else default_questions(samples, seed)
+    queries = [chat_query(model, n, q) for n, q in zip(samples, questions, strict=True)]
+    tok.padding_side = "left"
+    encoded = tok(queries, return_tensors="pt", padding=True)
+    batch = {"input_ids": encoded["input_ids"].to(model.device),
+             "attention_mask": encoded["attention_mask"].to(model.device)}
+    tiles = sum(n for n in samples if n)
+    if tiles:
+        side = model.config.force_image_size or model.config.vision_config.image_size
+        pixels = torch.randn(tiles, 3, side, side, generator=torch.Generator().manual_seed(seed))
+        batch["pixel_values"] = pixels.to(model.device, model.dtype)
+    return batch
+
+
+def bos_columns(model) -> int:
+    """Leading columns of ``InternVLChatModel.generate``'s output that are not generated tokens.
+
+    ``generate`` passes ``inputs_embeds`` to ``language_model.generate``, which starts its output from
+    ``[[bos]]`` on transformers 4.37.2 (1) and from an empty ``[batch, 0]`` on 4.49 (0).
+    """
+    lm = model.language_model
+    start = lm._maybe_initialize_input_ids_for_generation(None, BOS, {"inputs_embeds": torch.zeros(1, 1, 1)})
+    return int(start.shape[1])
+
+
+__all__ = [
+    "ATTENTION", "DOWNSAMPLE", "IMG_CONTEXT_TOKEN", "IMG_END_TOKEN", "IMG_START_TOKEN", "KINDS", "LARGE", "LLMS",
+    "PATCH", "SMALL", "SPECIAL_TOKENS", "TILE", "bos_columns", "build_model", "build_tokenizer", "chat_query",
+    "checkpoint_config", "default_questions", "inputs", "llm_config", "load", "load_tokenizer", "save_checkpoint",
+    "tokens_per_tile", "vision_config",
+]
