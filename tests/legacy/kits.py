@@ -88,6 +88,11 @@ class InternVL2Kit:
     def language_model_logits(self, model, embeds: torch.Tensor) -> torch.Tensor:
         return model.language_model(inputs_embeds=embeds, use_cache=False, return_dict=True).logits
 
+    @staticmethod
+    def attention_of(model, layer: int = 0):
+        decoder_layer = model.language_model.model.layers[layer]
+        return getattr(decoder_layer, "attention", None) or decoder_layer.self_attn
+
     def embeddings(self, model, batch: dict) -> torch.Tensor:
         """The ``inputs_embeds`` the language model gets for ``batch``."""
         return _grab_embeds(model.language_model, lambda: self.forward(model, batch))

@@ -266,3 +266,66 @@ def test_llava_outside_its_transformers_line_is_refused_at_apply():
     assert "4.37" in ADAPTER.transformers
     with pytest.raises(Exception, match="transformers"):
         ADAPTER.check_transformers("LlavaLlamaForCausalLM")
+
+
+# -- FlashAttention 2 classes (2D masks), on pure-torch stand-ins for the flash_attn kernels --------------
+@pytest.mark.parametrize("llm", ["internlm2", "phi3"])
+def test_flash_attention_classes_capture_and_prune_as_eager(llm, tmp_path, monkeypatch):
+    """The flash classes get 2D padding masks, in pruned layers too: same importance, same pruned
+    answers as the eager classes of the same weights."""
+    import copy
+    import sys
+
+    from sgl_patch.tiny import internvl2 as iv
+
+    from . import test_tiny_internvl2 as kernels
+
+    paths = InternVL2Kit(llm, llm).save(tmp_path)
+    small_eager, large_eager = iv.load(paths["small"]), iv.load(paths["large"])
+
+    def with_flash(vlm):
+        lm = vlm.language_model
+        module = sys.modules[type(lm).__module__]
+        for name in ("flash_attn_func", "flash_attn_varlen_func", "index_first_axis", "pad_input", "unpad_input"):
+            monkeypatch.setattr(module, name, getattr(kernels, name), raising=False)
+        config = copy.deepcopy(lm.config)
+        if llm == "internlm2":
+            monkeypatch.setattr(module, "has_flash_attn", True)
+            monkeypatch.setattr(module, "_import_flash_attn", lambda: None)
+            config.attn_implementation = "flash_attention_2"
+        else:
+            monkeypatch.setattr(module, "_flash_supports_window_size", True)
+            monkeypatch.setattr(module.Phi3PreTrainedModel, "_check_and_enable_flash_attn_2",
+                                classmethod(lambda cls, config, *args, **kwargs: config))
+            config._attn_implementation = "flash_attention_2"
+        flash_lm = type(lm)(config).eval()
+        flash_lm.load_state_dict(lm.state_dict())
+        flash_lm.generation_config = lm.generation_config
+        flash = copy.deepcopy(vlm)
+        flash.language_model = flash_lm
+        assert "Flash" in type(InternVL2Kit(llm, llm).attention_of(flash)).__name__
+        return flash
+
+    small_flash, large_flash = with_flash(small_eager), with_flash(large_eager)
+    batch = iv.inputs(large_eager, [2, 1, 3], seed=4)
+    for model in (small_eager, large_eager, small_flash, large_flash):
+        model.img_context_token_id = large_eager.img_context_token_id
+    imp_eager = sgl_patch.importance(small_eager, max_new_tokens=4, **batch)
+    imp_flash = sgl_patch.importance(small_flash, max_new_tokens=4, **batch)
+    torch.testing.assert_close(imp_flash.scores, imp_eager.scores, rtol=1e-4, atol=1e-6)
+    answers, masks = [], []
+    pruned_attention = InternVL2Kit.attention_of(large_flash, layer=3)
+    handle = pruned_attention.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+    try:
+        for small, large in ((small_eager, large_eager), (small_flash, large_flash)):
+            sgl_patch.apply(large, small_model=small, layer=2, retain=0.2)
+            answers.append(large.generate(**batch, max_new_tokens=MAX_NEW, do_sample=False).tolist())
+            assert [r["n_kept"] for r in sgl_patch.stats(large)] == [7, 4, 10]
+    finally:
+        handle.remove()
+    assert answers[0] == answers[1]
+    # the pruned prefill of the flash model: a 2D mask over the kept slots (fillers of shorter rows 0)
+    assert masks[0].dim() == 2 and masks[0].shape[1] < batch["input_ids"].shape[1]
+    assert masks[0].sum(1).tolist() == (batch["attention_mask"].sum(1) - torch.tensor([32, 16, 48])
+                                        + torch.tensor([7, 4, 10])).tolist()
