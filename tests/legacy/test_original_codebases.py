@@ -136,18 +136,41 @@ def masked_pruned_logits(kit, model, sample, scores_row, layer, retain):
 
 
 # -- the suite -------------------------------------------------------------------------------------
+def _patch_points(model) -> dict:
+    """Every class / module attribute the legacy line's wrappers may replace, as found now."""
+    import sys
+
+    from sgl_patch.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    attention = adapter.attention_modules(model)[0]
+    module = sys.modules[type(attention).__module__]
+    owners = [(type(model), "generate"), (type(adapter.decoder_layers(model)[0]), "forward"),
+              (type(adapter.forward_module(model)), "forward"), (type(attention), "forward"),
+              (module, "apply_rotary_pos_emb")]
+    if getattr(attention, "rotary_emb", None) is not None:
+        owners.append((type(attention.rotary_emb), "forward"))
+    if adapter.expansion_method:
+        owners.append((type(model), adapter.expansion_method))
+    return {(owner, name): vars(owner).get(name) for owner, name in owners}
+
+
 def test_retain_one_is_identity_and_remove_restores(kit, pair):
     small, large = pair
     batch = kit.inputs(large, kit.mixed, seed=3)
+    originals = _patch_points(large)
     kwargs = dict(max_new_tokens=MAX_NEW, do_sample=False, return_dict_in_generate=True, output_scores=True)
     base = kit.generate(large, batch, **kwargs)
     sgl_patch.apply(large, small_model=small, layer=1, retain=1.0)
+    wrapped = [key for key, value in _patch_points(large).items() if value is not originals[key]]
+    assert len(wrapped) == len(originals), f"not wrapped while applied: {set(originals) - set(wrapped)}"
     patched = kit.generate(large, batch, **kwargs)
     assert torch.equal(patched.sequences, base.sequences)
     for a, b in zip(patched.scores, base.scores):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert [r["n_visual"] for r in sgl_patch.stats(large)] == kit.visual_layout(large, batch).sum(1).tolist()
     sgl_patch.remove(large)
+    assert _patch_points(large) == originals  # the very objects: classes and modeling modules as found
     after = kit.generate(large, batch, **kwargs)
     assert torch.equal(after.sequences, base.sequences)
     for a, b in zip(after.scores, base.scores):
@@ -329,3 +352,66 @@ def test_flash_attention_classes_capture_and_prune_as_eager(llm, tmp_path, monke
     assert masks[0].dim() == 2 and masks[0].shape[1] < batch["input_ids"].shape[1]
     assert masks[0].sum(1).tolist() == (batch["attention_mask"].sum(1) - torch.tensor([32, 16, 48])
                                         + torch.tensor([7, 4, 10])).tolist()
+
+
+@pytest.mark.parametrize("kit", INTERNVL2[:1], ids=lambda k: k.name)
+def test_small_model_given_as_a_checkpoint_path(kit, saved):
+    paths = saved(kit)
+    large = kit.load(paths["large"])
+    batch = kit.inputs(large, kit.mixed, seed=12)
+    expected = kit.generate(large, batch, max_new_tokens=MAX_NEW, do_sample=False)
+    sgl_patch.apply(large, small_model=paths["small"], layer=1, retain=1.0)
+    assert torch.equal(kit.generate(large, batch, max_new_tokens=MAX_NEW, do_sample=False), expected)
+    assert [r["n_visual"] for r in sgl_patch.stats(large)] == [32, 16, 48]
+
+
+LLAVA = [k for k in KITS if isinstance(k, LlavaKit)]
+
+
+@pytest.mark.parametrize("kit", LLAVA[1:2], ids=lambda k: k.name)
+def test_llava_prompt_by_any_of_its_names(kit, pair):
+    """llava's generate calls the prompt ``inputs``: positional, ``inputs=`` and ``input_ids=`` (the
+    processor's name) all reach it, in ``importance`` and under ``apply``."""
+    small, large = pair
+    batch = kit.inputs(large, kit.mixed, seed=13)
+    rest = {k: v for k, v in batch.items() if k != "input_ids"}
+    by_ids = sgl_patch.importance(small, max_new_tokens=3, **batch)
+    by_inputs = sgl_patch.importance(small, max_new_tokens=3, inputs=batch["input_ids"], **rest)
+    assert torch.equal(by_ids.scores, by_inputs.scores) and by_ids.scores.abs().sum() > 0
+    expected = large.generate(batch["input_ids"], **rest, max_new_tokens=MAX_NEW, do_sample=False)
+    sgl_patch.apply(large, small_model=small, layer=1, retain=1.0)
+    assert torch.equal(large.generate(batch["input_ids"], **rest, max_new_tokens=MAX_NEW, do_sample=False), expected)
+    assert torch.equal(large.generate(inputs=batch["input_ids"], **rest, max_new_tokens=MAX_NEW, do_sample=False),
+                       expected)
+    assert [r["n_visual"] for r in sgl_patch.stats(large)][-3:] == kit.visual_layout(large, batch).sum(1).tolist()
+
+
+@pytest.mark.parametrize("kit", INTERNVL2[:2], ids=lambda k: k.name)
+def test_one_patched_model_serves_several_threads_while_the_small_one_runs_plainly(kit, pair):
+    """Capture, pruning and the wrapped rotary function are per call: threads never see each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small, large = pair
+    batches = [kit.inputs(large, samples, seed=60 + i) for i, samples in enumerate([kit.mixed, [1], [3]])]
+    plain_small = [small.generate(**b, max_new_tokens=4, do_sample=False) for b in batches]
+    plain_importance = sgl_patch.importance(small, max_new_tokens=3, **batches[0])
+    sgl_patch.apply(large, small_model=small, layer=2, retain=0.25)
+    sequential = [large.generate(**b, max_new_tokens=4, do_sample=False) for b in batches]
+
+    def one(i):
+        with torch.no_grad():
+            if i % 4 == 3:  # the small model, called directly meanwhile
+                return small.generate(**batches[i % 3], max_new_tokens=4, do_sample=False), None
+            if i % 4 == 2:
+                return None, sgl_patch.importance(small, max_new_tokens=3, **batches[0]).scores
+            return large.generate(**batches[i % 3], max_new_tokens=4, do_sample=False), None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, range(12)))
+    for i, (out, scores) in enumerate(results):
+        if i % 4 == 3:
+            assert torch.equal(out, plain_small[i % 3]), f"call {i}"
+        elif i % 4 == 2:
+            torch.testing.assert_close(scores, plain_importance.scores, rtol=1e-6, atol=0)
+        else:
+            assert torch.equal(out, sequential[i % 3]), f"call {i}"
