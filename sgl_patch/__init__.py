@@ -66,6 +66,9 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
     num_layers = len(adapter.decoder_layers(model))
     k = config.resolve_layer(num_layers)
     check_full_attention(adapter.text_config(model))
+    if k == 0 and not adapter.generate_takes_use_cache:
+        raise ValueError(f"layer=0 prunes before the first layer, which needs generate(use_cache=False); "
+                         f"{type(model).__name__}.generate always caches: use layer >= 1")
     if config.small_model is None:
         raise ValueError("sgl_patch.apply needs a small model: pass small_model=<model or path> "
                          "or set SGL_SMALL_MODEL")
@@ -112,12 +115,7 @@ def stats(model) -> list[dict]:
 def _load_small(large, small):
     if isinstance(small, str):
         logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
-        from .compat import LEGACY
-
-        # the legacy line names the dtype argument torch_dtype
-        loaded = type(large).from_pretrained(
-            small, **{"torch_dtype" if LEGACY else "dtype": large.dtype},
-            attn_implementation=large.config._attn_implementation)
+        loaded = adapter_for(large).load_small(large, small)
         return loaded.to(large.device).eval()
     if not isinstance(small, torch.nn.Module):
         raise TypeError(f"small_model must be a model or a local path / hub id, got {type(small).__name__}")
@@ -136,10 +134,15 @@ def _check_pair(large, small, adapter) -> None:
         raise ValueError(f"small_model {type(small).__name__} is not of the large model's family "
                          f"({type(large).__name__}); SGL needs a small VLM of the same family")
     differences = []
-    adapter.prepare_guide(small, large)
     large_ids, small_ids = adapter.visual_token_ids(large), small_adapter.visual_token_ids(small)
-    if large_ids != small_ids:
+    # (ids set per instance, as InternVL2's chat() sets its own, are compared where both have one)
+    if large_ids != small_ids and (large_ids and small_ids or not adapter.sets_visual_ids_per_call):
         differences.append(f"visual placeholder ids: large {large_ids} vs small {small_ids}")
+    large_vocabulary, small_vocabulary = adapter.tokenizer_vocabulary(large), small_adapter.tokenizer_vocabulary(small)
+    if large_vocabulary != small_vocabulary:
+        differences.append(f"tokenizer: the language models' vocabularies differ (large {large_vocabulary}, "
+                           f"small {small_vocabulary}), so the small model cannot read the large one's input_ids")
+    adapter.prepare_guide(small, large)
     large_geometry, small_geometry = adapter.vision_geometry(large), small_adapter.vision_geometry(small)
     for path, value in large_geometry.items():
         if small_geometry.get(path) != value:

@@ -415,6 +415,10 @@ def confidence_from_logits(step_logits, new_tokens: torch.Tensor, valid: torch.T
     return torch.exp(logp.sum(1) / count)
 
 
+_SINGLE_PATH = {"num_beam_groups": 1, "diversity_penalty": 0.0, "penalty_alpha": None, "constraints": None,
+                "force_words_ids": None}
+
+
 def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
                              with_confidence: bool = True) -> Importance:
     """Run ``generate_fn`` (the model's generate) under capture and collect everything SEE needs.
@@ -428,6 +432,10 @@ def generate_with_importance(model, generate_fn, inputs: dict, settings: dict,
     config = copy.deepcopy(settings.pop("generation_config", None) or adapter_for(model).generation_config(model))
     settings.update(num_beams=1, num_return_sequences=1, return_dict_in_generate=True, output_scores=False,
                     output_attentions=False, output_hidden_states=False)
+    # one answer per sample: modes that need beams or several candidates per step (group beams,
+    # constraints, contrastive search; the transformers line may not know some) decode greedily
+    settings.update({name: value for name, value in _SINGLE_PATH.items()
+                     if hasattr(config, name) or name in settings})
     if not LEGACY:  # the legacy line has no output_logits: the session keeps them itself
         settings["output_logits"] = with_confidence
     other = config.update(**settings)  # returns what is not a generation option

@@ -34,3 +34,24 @@ def layer_keys(cache, layer_idx: int):
     if keys is not None:
         return keys[layer_idx] if layer_idx < len(keys) else None
     return None
+
+
+def uses_flash_attention(attention_module, text_config) -> bool:
+    """Whether a legacy attention module runs FlashAttention 2 (which takes a 2D padding mask).
+
+    Transformers' own classes say so in ``config._attn_implementation`` (4.37: also by class, e.g.
+    ``LlamaFlashAttention2``); InternVL2's InternLM2 code chooses its class by the plain
+    ``config.attn_implementation`` and leaves ``_attn_implementation`` at its default, so the class
+    is the one fact every codebase shares.
+    """
+    if "FlashAttention" in type(attention_module).__name__:
+        return True
+    return "flash" in str(getattr(text_config, "_attn_implementation", None) or "")
+
+
+def sliding_window(text_config) -> int | None:
+    """The window of a legacy config whose attention slides (Mistral; Qwen2 with use_sliding_window)."""
+    window = getattr(text_config, "sliding_window", None)
+    if window is None or getattr(text_config, "use_sliding_window", True) is False:
+        return None
+    return int(window)

@@ -12,8 +12,12 @@ from .prune import pruned
 def consistency(small_model, adapter, importance: Importance, inputs: dict, retain: float) -> torch.Tensor:
     """prod_i p(answer_i | small model keeping only the top ``retain`` visual tokens from layer 0).
 
-    One teacher-forced pass over prompt + answer.  Text is never dropped and rows are
-    right-aligned, so the answer's predictions are the last N+1 positions of the logits.
+    One teacher-forced pass over prompt + answer.  Text is never dropped, so the answer's
+    predictions are the last N+1 valid slots of each row: the last N+1 positions where rows are
+    right-aligned, else (llava re-pads its own sequence on the right) found from the pruning plan.
+    Every answer slot is fed as a real token, the ones after a row's end token too: causal
+    attention keeps them from changing the predictions that count, and no row loses positions to
+    codebases that strip padding from inside the sequence.
     """
     answer = importance.sequences[:, importance.prompt_length:]
     n_answer = answer.shape[1]
@@ -25,12 +29,25 @@ def consistency(small_model, adapter, importance: Importance, inputs: dict, reta
     is_placeholder = adapter.visual_mask(small_model, answer)
     placeholder = (is_placeholder & valid).any(1)
     answer = answer.masked_fill(is_placeholder, _text_id(small_model))
-    forced = adapter.extend_inputs(inputs, answer, valid)
-    with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain, prompt_ids=forced["input_ids"]):
+    forced = adapter.extend_inputs(inputs, answer, torch.ones_like(valid))
+    with torch.no_grad(), pruned(small_model, importance, layer=0, retain=retain,
+                                 prompt_ids=forced["input_ids"]) as run:
         logits = adapter.teacher_forced_logits(small_model, forced, n_answer + 1)
+    if logits.shape[1] > n_answer + 1:
+        logits = _last_valid(logits, run.prompt_plan.slot_valid, n_answer + 1)
     logp = logits[:, :-1].float().log_softmax(-1).gather(-1, answer[..., None].to(logits.device)).squeeze(-1)
     scores = torch.exp(torch.where(valid.to(logp.device), logp, 0.0).sum(1))
     return scores.masked_fill(placeholder.to(scores.device), 0.0)
+
+
+def _last_valid(logits: torch.Tensor, slot_valid: torch.Tensor, n: int) -> torch.Tensor:
+    """The logits of each row's last ``n`` valid slots, in order: ``[b, n, vocab]``."""
+    valid = slot_valid.to(logits.device)
+    # rank of each valid slot counted from the row's end (1 = last valid slot)
+    from_end = valid.flip(1).long().cumsum(1).flip(1)
+    take = valid & (from_end <= n)
+    index = take.nonzero()[:, 1].view(logits.shape[0], n)
+    return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 def _text_id(model) -> int:

@@ -77,6 +77,14 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
         applied.warn_once("cache", "sgl_patch: generate() continues from a filled past_key_values, whose "
                                    "visual tokens were never ranked; running the large model unchanged")
         return wrapped(*args, **kwargs)
+    generation_config = settings.get("generation_config") or adapter.generation_config(model)
+    alpha = settings.get("penalty_alpha", getattr(generation_config, "penalty_alpha", None))
+    top_k = settings.get("top_k", getattr(generation_config, "top_k", None))
+    if alpha and (top_k or 0) > 1:
+        applied.warn_once("contrastive", "sgl_patch: contrastive search (penalty_alpha) re-runs the model on "
+                                         "top_k candidates per row, which pruning does not follow; running the "
+                                         "large model unchanged")
+        return wrapped(*args, **kwargs)
     visual = adapter.visual_mask(model, input_ids)
     if not visual.any():  # text-only prompts pass through untouched
         started = time.perf_counter()
@@ -88,7 +96,6 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
 
     config = applied.config
     small = applied.small_model
-    generation_config = settings.get("generation_config") or adapter.generation_config(model)
     n_return = settings.get("num_return_sequences", generation_config.num_return_sequences) or 1
 
     # 1. small model: answer + importance (+ SEE scores)
@@ -97,7 +104,8 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     small_settings["generation_config"] = generation_config
     own_decoding = [k for k in _CALLER_DECODING if settings.get(k)]
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
-    small_inputs = _on(small.device, {k: v for k, v in inputs.items() if k != "inputs_embeds"})
+    small_inputs = _on(small.device, {k: v for k, v in inputs.items()
+                                      if k != "inputs_embeds" and k not in adapter.large_only_inputs})
     adapter.prepare_guide(small, model)
     with torch.no_grad():
         imp = generate_with_importance(small, small.generate, small_inputs, small_settings,

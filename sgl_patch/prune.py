@@ -26,7 +26,7 @@ import torch
 
 from . import state as model_state
 from .adapters import adapter_for
-from .compat import LEGACY, cache_length
+from .compat import LEGACY, cache_length, sliding_window, uses_flash_attention
 from .config import check_fraction
 
 
@@ -101,6 +101,8 @@ class PruneRun:
         self.language_model_id = id(adapter.language_model(model))
         self.masked_additions = {a.method: a for a in adapter.masked_additions}
         # legacy attention's own rotary tables in layers K.. (see ``rotary_length``)
+        self.flash = uses_flash_attention(adapter.attention_modules(model)[0], self.text_config)
+        self.window = sliding_window(self.text_config) if LEGACY else None
         self.rotary_ids = frozenset(id(a.rotary_emb) for a in adapter.attention_modules(model)[layer:]
                                     if getattr(a, "rotary_emb", None) is not None)
         self._forward = None               # (past length, 2D mask, covers prompt)
@@ -119,6 +121,9 @@ class PruneRun:
             if input_ids is None:
                 input_ids = self._ids_for_embeds(call.get("inputs_embeds"))
             if input_ids is None:
+                if self.adapter.forward_path:
+                    raise ValueError(f"{type(self.model).__name__} runs its language model from inputs_embeds: "
+                                     "pass prompt_ids=<the input_ids of the call> to sgl_patch.pruned()")
                 raise ValueError("SGL pruning needs input_ids to locate visual tokens; "
                                  "call the model with input_ids, not inputs_embeds")
             # (legacy models create their cache inside the forward: use_cache says whether they will)
@@ -133,6 +138,11 @@ class PruneRun:
         elif mask is None:
             new = input_ids if input_ids is not None else call["inputs_embeds"]
             mask = torch.ones(new.shape[0], past + new.shape[1], dtype=torch.bool, device=new.device)
+        if self.window is not None and mask.shape[1] > self.window:
+            raise NotImplementedError(
+                f"this language model attends within a sliding window of {self.window} tokens and the sequence "
+                f"has {mask.shape[1]}: SGL pruning supports full attention only (shorter inputs, or a config "
+                "without sliding_window)")
         self._forward = (past, mask.bool(), past == 0)
         self._layer_inputs = None
         self._gathered = None
@@ -207,7 +217,7 @@ class PruneRun:
             # Legacy layers compute rotary inside attention from position_ids (the kept tokens'
             # own positions) and take the mask in the format the model built for its backend.
             self._layer_inputs = {"attention_mask": legacy_layer_mask(call.get("attention_mask"), pruned_mask,
-                                                                      hidden, self.text_config),
+                                                                      hidden, self.flash),
                                   "position_ids": position_ids}
         else:
             from transformers.masking_utils import create_causal_mask
@@ -267,16 +277,14 @@ def remap_masked_rows(mask: torch.Tensor, values: torch.Tensor, index: torch.Ten
     return new_mask, values[rows[new_mask].to(values.device)]
 
 
-def legacy_layer_mask(received, key_valid: torch.Tensor, hidden: torch.Tensor, text_config):
+def legacy_layer_mask(received, key_valid: torch.Tensor, hidden: torch.Tensor, flash: bool):
     """The mask for a legacy decoder layer >= K, in the format its backend expects.
 
     ``received``: what the model built for the full sequence (4D additive for eager / SDPA, 2D or
     None for FlashAttention 2); ``key_valid``: ``[b, kv]`` over the pruned keys (past + new).
     Rows are right-aligned, so query ``i`` sits at key position ``kv - q + i``.
     """
-    implementation = (getattr(text_config, "_attn_implementation", None)
-                      or getattr(text_config, "attn_implementation", None) or "eager")
-    if received is not None and received.dim() == 2 or received is None and "flash" in implementation:
+    if flash:
         return None if bool(key_valid.all()) else key_valid.to(torch.long)
     batch, q_len = hidden.shape[:2]
     kv_len = key_valid.shape[1]

@@ -59,6 +59,13 @@ class Adapter:
     expands_placeholders: bool = False
     # a method of the model that runs that splice (the core wraps it while a call of ours runs)
     expansion_method: str | None = None
+    # True when the visual placeholder ids live on the instance and are set per call (InternVL2's
+    # chat() sets img_context_token_id on the model it is called on): unset is not a mismatch
+    sets_visual_ids_per_call: bool = False
+    # whether the model's generate takes use_cache (InternVL2's always caches): layer=0 needs it off
+    generate_takes_use_cache: bool = True
+    # model inputs only the large model may get (features computed for it, not for the small model)
+    large_only_inputs: tuple[str, ...] = ()
 
     def __post_init__(self):
         try:
@@ -125,6 +132,20 @@ class Adapter:
         return out
 
     # -- running a small model for a large one ----------------------------------------------
+    def tokenizer_vocabulary(self, model):
+        """What must agree for a small model to read the large one's ``input_ids``, or None when the
+        family's checkpoints share one tokenizer whatever their size (their vocabularies may be padded
+        differently: Qwen2-VL-2B 151936 vs -7B 152064)."""
+        return None
+
+    def load_small(self, large, path: str):
+        """Load a small model given as a path or hub id, as the family's own loader does."""
+        from ..compat import LEGACY
+
+        # the legacy line names the dtype argument torch_dtype
+        return type(large).from_pretrained(path, **{"torch_dtype" if LEGACY else "dtype": large.dtype},
+                                           attn_implementation=large.config._attn_implementation)
+
     def generation_config(self, model):
         """The generation config ``model.generate`` decodes with when given none: the forward
         module's where it generates (InternVL2's ``generate`` passes its settings on to its
@@ -144,11 +165,13 @@ class Adapter:
         raise NotImplementedError(f"{type(self).__name__} names no expansion_method")
 
     def teacher_forced_logits(self, model, inputs: dict, n_last: int) -> torch.Tensor:
-        """Logits of the last ``n_last`` positions of one cache-less forward over ``inputs``."""
+        """Logits of one cache-less forward over ``inputs``: of its last ``n_last`` positions at least
+        (all of them where the model cannot be asked for fewer)."""
         from ..compat import LEGACY
 
-        keep = {} if LEGACY else {"logits_to_keep": n_last}  # (4.45+; the legacy line computes all)
-        return model(**inputs, use_cache=False, **keep).logits[:, -n_last:]
+        if LEGACY:  # no logits_to_keep (4.45+): every position's logits
+            return model(**inputs, use_cache=False).logits
+        return model(**inputs, use_cache=False, logits_to_keep=n_last).logits
 
     # -- batches ---------------------------------------------------------------------------
     def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:

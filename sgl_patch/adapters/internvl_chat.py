@@ -57,7 +57,12 @@ class InternVLChatAdapter(Adapter):
         flags = None if pixels is None else torch.ones(pixels.shape[0], 1, dtype=torch.long, device=pixels.device)
         out = model(pixel_values=pixels, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                     image_flags=flags, use_cache=False, return_dict=True)
-        return out.logits[:, -n_last:]
+        return out.logits
+
+    def tokenizer_vocabulary(self, model):
+        # The sizes use different tokenizers (1B: Qwen2's, 2B/8B/26B: InternLM2's, 4B: Phi-3's,
+        # 40B: Yi's, 76B: Llama-3's): the small model must read the large one's input_ids.
+        return model.language_model.config.vocab_size
 
     def select_items(self, model, inputs, index, out):
         pixels = inputs.get("pixel_values")
@@ -68,6 +73,8 @@ class InternVLChatAdapter(Adapter):
         items = chosen_items(owners, index)
         if items:
             out["pixel_values"] = pixels[items]
+            if inputs.get("visual_features") is not None:  # one row of features per tile
+                out["visual_features"] = inputs["visual_features"][items]
 
 
 ADAPTER = InternVLChatAdapter(
@@ -78,7 +85,12 @@ ADAPTER = InternVLChatAdapter(
     language_model_path="language_model.model",
     forward_path="language_model",
     visual_token_id_attrs=(),
+    sets_visual_ids_per_call=True,
+    # generate() passes use_cache=True to its language model itself
+    generate_takes_use_cache=False,
+    # generate(visual_features=...) are the large model's own vision features
+    large_only_inputs=("visual_features",),
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size", "force_image_size",
                            "downsample_ratio"),
-    item_keys=("pixel_values",),
+    item_keys=("pixel_values", "visual_features"),
 )

@@ -72,6 +72,16 @@ class LlavaTorchAdapter(Adapter):
         marked = torch.where(visual, IMAGE_TOKEN_INDEX, 0)
         return (ids, position_ids, mask, past, embeds, None), marked
 
+    def load_small(self, large, path):
+        # the vision tower loads its weights in load_model(), which load_pretrained_model calls
+        from llava.mm_utils import get_model_name_from_path
+        from llava.model.builder import load_pretrained_model
+
+        device = str(large.device)
+        _, model, _, _ = load_pretrained_model(path, None, get_model_name_from_path(path), device_map=device,
+                                               device=device)
+        return model.to(large.dtype)
+
     def select_items(self, model, inputs, index, out):
         images = inputs.get("images")
         if images is None:
