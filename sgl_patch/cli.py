@@ -1,8 +1,10 @@
 """Command line: ``sgl-patch demo`` (also ``python -m sgl_patch demo``).
 
-The demo runs a large model (Qwen2-VL by default, any supported family with ``--family``) on one
-batch, first alone and then guided by a small one (``sgl_patch.apply``), and prints per sample how
-many visual tokens the large model kept, the early-exit decision, and whether the answer matches
+The demo runs a large model (the first family of ``sgl_patch.tiny.names()`` by default: Qwen2-VL on
+transformers 5.x, InternVL2's original ``InternVLChatModel`` on the legacy line 4.37.2 .. 4.49; any
+family that runs on the installed transformers with ``--family``) on one batch, first alone and
+then guided by a small one (``sgl_patch.apply``), and prints per sample how many visual tokens the
+large model kept, the early-exit decision, and whether the answer matches
 the baseline.  Without ``--large``/``--small`` it builds tiny random models of the family
 (``sgl_patch.tiny``), saves them and loads them back, so it runs on any CPU in seconds; with them
 it loads real Qwen2-VL / Qwen2.5-VL checkpoints and feeds them synthetic inputs.
@@ -57,8 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "guided by a small one, and compare. Without --large/--small, tiny random "
                                    "models of --family are built, saved and reloaded (CPU, a few seconds); "
                                    "their timings show overhead, not speed-ups."))
-    demo.add_argument("--family", choices=tiny.names(), default="qwen2_vl",
-                      help="family of the built-in tiny models (default: qwen2_vl)")
+    families = tiny.names()
+    demo.add_argument("--family", metavar="NAME", default=families[0] if families else None,
+                      help=f"family of the built-in tiny models, those that run on the installed transformers: "
+                           f"{', '.join(families)} (default: {families[0] if families else 'none'})")
+    demo.add_argument("--llm", metavar="SMALL[:LARGE]", default=None, type=_llms,
+                      help=f"--family internvl_chat: the language models of the small and the large model, "
+                           f"from {', '.join(_LLM_KINDS)} (default: internlm2, as InternVL2-2B and -26B)")
     demo.add_argument("--large", metavar="PATH", help="saved Qwen2-VL / Qwen2.5-VL checkpoint (the large model)")
     demo.add_argument("--small", metavar="PATH", help="saved checkpoint of the same family (the small model)")
     demo.add_argument("--layer", type=_layer, default=2,
@@ -90,8 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                                     "approach, end to end with early exit, and batch throughput. Every figure "
                                     "is a ratio of runs interleaved in this process (median of pairs, min-max)."))
     bench.add_argument("--family", metavar="NAME", default=None,
-                       help=f"family of the built-in models: {', '.join(tiny.names())} (default: qwen2_vl)")
+                       help=f"family of the built-in models, those that run on the installed transformers: "
+                            f"{', '.join(families)} (default: {families[0] if families else 'none'})")
+    bench.add_argument("--llm", metavar="SMALL[:LARGE]", default=None, type=_llms,
+                       help=f"--family internvl_chat: the small and the large model's language models, from "
+                            f"{', '.join(_LLM_KINDS)} (default: internlm2)")
     bench.add_argument("--quick", action="store_true", help="tiny shapes, under a minute (a smoke test)")
+    bench.add_argument("--reps", type=_positive, default=None, metavar="N",
+                       help="pairs of runs per figure, after a warm-up (default: 5)")
     bench.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
     bench.add_argument("--plot", metavar="PATH", help="write the prefill speed-up plot (PNG; needs matplotlib)")
     bench.add_argument("--sections", default=",".join(SECTIONS),
@@ -121,8 +134,12 @@ def _bench(args) -> int:
     if unknown:
         raise ValueError(f"unknown --sections {unknown}; choose from {', '.join(bench.SECTIONS)}")
     # checked here, not by argparse choices, so that a wrong name is one line, like --sections
-    if args.family is not None and args.family not in tiny.names():
-        raise ValueError(f"unknown --family {args.family!r}; choose from {', '.join(tiny.names())}")
+    if args.family is not None:
+        _family(args.family, args.llm)
+    elif args.llm is not None:
+        raise ValueError("--llm chooses InternVL2's language models: give it with --family internvl_chat")
+    if not args.verbose:
+        _quiet_model_code()
     started = time.perf_counter()
 
     def progress(message):
@@ -130,7 +147,7 @@ def _bench(args) -> int:
 
     result = bench.run(quick=args.quick, device=args.device, dtype=args.dtype, sections=sections,
                        config=args.config, timed=args.timed, tiles=args.tiles, family=args.family,
-                       progress=progress)
+                       llm=args.llm, reps=args.reps, progress=progress)
     print(bench.report.render(result))
     if args.json:
         bench.report.write_json(result, args.json)
@@ -153,6 +170,16 @@ def _layer(text: str):
             raise argparse.ArgumentTypeError(f"expected an int or a fraction, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
 def _threshold(text: str):
     if text.strip().lower() in {"none", "off"}:
         return None
@@ -160,6 +187,31 @@ def _threshold(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+_LLM_KINDS = ("internlm2", "qwen2", "llama", "phi3")  # sgl_patch.tiny.internvl2.KINDS (not imported here)
+
+
+def _llms(text: str) -> tuple[str, str]:
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) > 2 or not all(part in _LLM_KINDS for part in parts):
+        raise argparse.ArgumentTypeError(f"expected KIND or SMALL:LARGE with kinds from {', '.join(_LLM_KINDS)}, "
+                                         f"got {text!r}")
+    return parts[0], parts[-1]
+
+
+def _family(name, llm=None):
+    """The tiny family ``name`` (with InternVL2 language models ``llm``), or one line saying why not."""
+    from . import tiny
+
+    if name not in tiny.names(every=True):
+        raise ValueError(f"unknown --family {name!r}; choose from {', '.join(tiny.names())}")
+    kit = tiny.family(name)  # a family of the other transformers line: a ValueError naming both
+    if llm is not None:
+        if not hasattr(kit, "with_llms"):
+            raise ValueError(f"--llm chooses InternVL2's language models; --family {name} has its own")
+        kit = kit.with_llms(*llm)
+    return kit
 
 
 def _images(text: str) -> list:
@@ -186,11 +238,16 @@ def _demo(args) -> int:
 
     import sgl_patch
 
-    from . import tiny
+    from .adapters import adapter_for
 
     if (args.large is None) != (args.small is None):
         raise ValueError("--large and --small go together: give both checkpoints, or neither for tiny models")
-    kit = tiny.family(args.family)
+    if args.family is None:
+        raise ValueError(f"no tiny family runs on transformers {_transformers_version()}")
+    if args.large is not None and args.family not in _CHECKPOINT_FAMILIES:
+        raise ValueError(f"--large/--small load Qwen2-VL / Qwen2.5-VL checkpoints (transformers 5.x); "
+                         f"--family {args.family} runs its built-in tiny models only")
+    kit = _family(args.family, args.llm)
     if args.images is not None and args.family not in _CHECKPOINT_FAMILIES:
         raise ValueError(f"--images describes Qwen2-VL images; --family {args.family} uses its built-in samples")
     samples = _images(args.images) if args.images is not None else kit.demo_samples()
@@ -198,7 +255,7 @@ def _demo(args) -> int:
     sgl_patch.SGLConfig(layer=args.layer, retain=args.retain, exit_threshold=args.exit_threshold).validate()
     if args.large is None:
         large, small = _tiny_models(kit, args.dtype or "float32", args.device)
-        source = f"tiny random models (sgl_patch.tiny, family {kit.name})"
+        source = f"tiny random models (sgl_patch.tiny, family {kit.title})"
         inputs = kit.inputs(samples, seed=args.seed)
     else:
         large = _load(args.large, args.dtype or "auto", args.device)
@@ -206,15 +263,14 @@ def _demo(args) -> int:
         source = f"large {args.large}, small {args.small}"
         inputs = _inputs(large.config, samples, args.seed)
     inputs = {k: v.to(large.device) for k, v in inputs.items()}
-    prompt_length = inputs["input_ids"].shape[1]
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     stop_ids = _stop_ids(large)
 
-    n_layers = large.config.get_text_config().num_hidden_layers
+    large_text, small_text = (adapter_for(m).text_config(m) for m in (large, small))
+    n_layers = large_text.num_hidden_layers
     print(f"sgl-patch {sgl_patch.__version__} demo: {type(large).__name__}, {source}")
-    print(f"  large: {n_layers} layers, hidden {large.config.get_text_config().hidden_size}; "
-          f"small: {small.config.get_text_config().num_hidden_layers} layers, "
-          f"hidden {small.config.get_text_config().hidden_size}; "
+    print(f"  large: {n_layers} layers, hidden {large_text.hidden_size}; "
+          f"small: {small_text.num_hidden_layers} layers, hidden {small_text.hidden_size}; "
           f"{large.dtype}, {large.device}, batch of {len(samples)}, max_new_tokens={args.max_new_tokens}")
 
     with torch.no_grad():
@@ -240,8 +296,8 @@ def _demo(args) -> int:
     else:
         print("  SGL: SGL_DISABLE is set, so apply() left the model unpatched")
     print()
-    baseline_answers = [_answer(row, prompt_length, stop_ids) for row in baseline]
-    guided_answers = [_answer(row, prompt_length, stop_ids) for row in guided]
+    baseline_answers = [_answer(row, stop_ids) for row in kit.new_tokens(large, baseline, inputs)]
+    guided_answers = [_answer(row, stop_ids) for row in kit.new_tokens(large, guided, inputs)]
     table = [("sample", "image", "visual tokens", "kept by large", "early exit (score)", "same answer")]
     for i, sample in enumerate(samples):
         record = records[i] if i < len(records) else {}
@@ -271,17 +327,41 @@ def _demo(args) -> int:
 
 
 def _tiny_models(kit, dtype: str, device: str):
-    """The family's built-in tiny small and large models, saved and loaded back like real ones."""
+    """The family's built-in tiny large and small models, saved and loaded back like real ones."""
+    import torch
     import transformers
 
-    from . import tiny
+    from .adapters import adapter_for
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    _quiet_model_code()
     with tempfile.TemporaryDirectory(prefix="sgl-demo-") as root:
-        kit.model(tiny.SMALL).save_pretrained(Path(root, "small"))
-        kit.model(tiny.LARGE, seed=1).save_pretrained(Path(root, "large"))
-        return _load(Path(root, "large"), dtype, device), _load(Path(root, "small"), dtype, device)
+        small_path, large_path = kit.saved_pair(root)
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        models = [kit.load(path, torch_dtype) for path in (large_path, small_path)]
+    for model in models:
+        adapter_for(model)  # a clear error for a family of another transformers line
+    return models[0].to(device), models[1].to(device)
+
+
+def _quiet_model_code() -> None:
+    """No warnings from InternVL2's own code (ours and the copies ``trust_remote_code`` imports: flash_attn
+    is missing) nor transformers' (4.49: its classes will lose ``generate`` in 4.50); ``-v`` shows them."""
+    for name in ("sgl_patch.tiny.internvl2_code", "transformers_modules"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _load(path, dtype: str, device: str):
@@ -316,10 +396,10 @@ def _stop_ids(model) -> set:
     return {int(i) for i in ids}
 
 
-def _answer(row, prompt_length: int, stop_ids: set) -> list:
+def _answer(row, stop_ids: set) -> list:
     """The generated tokens of one output row, up to its first end or pad token."""
     answer = []
-    for token in row[prompt_length:].tolist():
+    for token in row.tolist():
         if token in stop_ids:
             break
         answer.append(token)

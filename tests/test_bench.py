@@ -217,3 +217,12 @@ def test_bench_names_a_wrong_family_in_one_line(capsys):
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [
         f"sgl-patch bench: error: unknown --family 'nope'; choose from {', '.join(tiny.names())}"]
+
+
+def test_bench_refuses_a_family_of_the_legacy_line_in_one_line(capsys):
+    from sgl_patch.cli import main
+
+    assert main(["bench", "--quick", "--family", "internvl_chat"]) == 1  # refused before any model is built
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("sgl-patch bench: error: family 'internvl_chat' runs on transformers>=4.37.2,<4.50")

@@ -41,3 +41,22 @@ def test_demo_rejects_bad_options_in_one_line():
     done = demo("--retain", "3")
     assert done.returncode == 1
     assert "retain" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_refuses_a_family_of_the_legacy_line_in_one_line():
+    import transformers
+
+    done = demo("--family", "internvl_chat")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        "sgl-patch demo: error: family 'internvl_chat' runs on transformers>=4.37.2,<4.50 (the legacy transformers "
+        f"line), not on the installed {transformers.__version__}; families here: qwen2_vl, qwen2_5_vl, llava, "
+        "llava_next, llava_next_video, llava_onevision, internvl, qwen3_vl, qwen3_vl_moe"]
+
+
+def test_llm_option_belongs_to_internvl2(capsys):
+    from sgl_patch.cli import main
+
+    assert main(["demo", "--llm", "qwen2"]) == 1  # refused before any model is built
+    assert capsys.readouterr().err.splitlines() == [
+        "sgl-patch demo: error: --llm chooses InternVL2's language models; --family qwen2_vl has its own"]

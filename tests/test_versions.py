@@ -245,3 +245,32 @@ def test_native_class_refused_on_the_legacy_line(class_name, build):
     large, small = build(), build()
     assert type(large).__name__ == class_name
     _assert_refused(large, small, INSTALLED)
+
+
+# -- the demo's and the benchmark's families follow the installed line -----------------------------
+def test_tiny_families_offered_are_those_of_the_installed_line():
+    from sgl_patch import bench, tiny
+
+    every = tiny.names(every=True)
+    assert "internvl_chat" in every and "qwen2_vl" in every
+    offered = tiny.names()
+    for name in every:
+        inside = version_in(INSTALLED, tiny.transformers_range(name))
+        assert (name in offered) is inside, name
+        if not inside:
+            with pytest.raises(ValueError, match=rf"family '{name}' runs on transformers.*not on the installed"):
+                tiny.family(name)
+    if NATIVE:
+        assert offered[0] == "qwen2_vl" and "internvl_chat" not in offered
+    else:
+        assert offered == ["internvl_chat"]
+    assert bench.default_family() == offered[0]
+
+
+def test_demo_help_offers_the_installed_lines_families():
+    from sgl_patch import tiny
+
+    run = subprocess.run([sys.executable, "-m", "sgl_patch", "demo", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"(default: {tiny.names()[0]})" in " ".join(run.stdout.split())

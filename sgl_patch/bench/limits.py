@@ -9,7 +9,10 @@ Two ways to the FLOPs, one convention (matrix products only, causal attention as
   ``torch.utils.flop_counter.FlopCounterMode``.  The counter sees neither CPU SDPA kernels nor
   ``grouped_mm`` MoE experts, so the counted runs switch the model to eager attention and eager
   experts (and back); eager attention computes the whole square of scores, so the masked half is
-  taken off again.  Each counted call runs once more, outside the timed rounds.
+  taken off again.  Each counted call runs once more, outside the timed rounds.  On the legacy
+  line (InternVL2's ``InternVLChatModel``) a built model's attention cannot be switched: an
+  eager language model (InternLM2, Phi-3: their code has no SDPA) is counted as it is, an SDPA one
+  (Qwen2, Llama) through an eager copy with the same weights.
 
 Both give ``{point name: FLOPs}`` with ``None`` for the unpruned run.
 """
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..compat import LEGACY
 from . import flops
 from .workload import Workload, vlm_shape
 
@@ -51,7 +55,7 @@ def prefill(workload: Workload, batches: dict, importance) -> dict[str, dict]:
             counted = _counted(lambda: workload.prefill(inputs, importance, point))
             return counted - _masked_attention(workload, n_visual, n_text, point)
 
-        with _countable(workload.large):
+        with _counting(workload):
             lm = {None: count(batches["lm"], None)}
             lm.update({point[0]: count(batches["lm"], point) for point in points})
             encoder = count(batches["whole"], None) - lm[None]  # pruning leaves the encoder as it is
@@ -73,13 +77,19 @@ def decode_step(workload: Workload, batch, importance, new_tokens: int) -> dict:
         steps.update({name: mean_step(k, flops.kept_tokens(n_text, n_visual, retain)) for name, k, retain in points})
         return steps
 
-    # a step's one query attends to the keys before it only: eager attention wastes nothing here
+    # A step's one query attends to the keys before it only: eager attention wastes nothing here.
+    # A step's FLOPs are a constant (the projections, MLPs and head) plus a term linear in the keys
+    # it attends to, one more each step; so the mean over steps 0 .. new_tokens - 2 is the first
+    # step plus (new_tokens - 2) / 2 times the growth from the first to the second step.  Three
+    # short generates count that exactly, instead of a whole one of new_tokens tokens.
     def mean_step(point):
-        run = _counted(lambda: workload.generate(batch, importance, point, new_tokens))
-        prefill_only = _counted(lambda: workload.generate(batch, importance, point, 1))
-        return (run - prefill_only) / (new_tokens - 1)
+        counts = [_counted(lambda n=n: workload.generate(batch, importance, point, n))
+                  for n in ((1, 2, 3) if new_tokens > 2 else (1, 2))]
+        first = counts[1] - counts[0]
+        growth = counts[2] - 2 * counts[1] + counts[0] if new_tokens > 2 else 0
+        return first + growth * (new_tokens - 2) / 2
 
-    with _countable(workload.large):
+    with _counting(workload):
         steps = {None: mean_step(None)}
         steps.update({point[0]: mean_step(point) for point in points})
     return steps
@@ -95,6 +105,24 @@ def _counted(call) -> int:
     with FlopCounterMode(display=False) as counter:
         call()
     return counter.get_total_flops()
+
+
+@contextmanager
+def _counting(workload: Workload):
+    """``workload.large`` runs with eager attention (and eager experts) while counting, then as before."""
+    model = workload.large
+    if not LEGACY:
+        with _countable(model):
+            yield
+        return
+    if workload.kit.attention(model) == "eager":
+        yield
+        return
+    workload.large = workload.kit.with_attention(model, "eager")
+    try:
+        yield
+    finally:
+        workload.large = model
 
 
 @contextmanager

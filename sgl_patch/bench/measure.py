@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -88,7 +86,7 @@ def decode(workload: Workload, progress) -> list[dict]:
                                     return_dict_in_generate=True)
             name = point[0] if point else "base"
             per_token.setdefault(name, []).append((stamps.stamps[-1] - stamps.stamps[0]) / (len(stamps.stamps) - 1))
-            cache_bytes[name] = sum(layer.keys.nbytes + layer.values.nbytes for layer in out.past_key_values.layers)
+            cache_bytes[name] = _cache_bytes(out.past_key_values)
         return run
 
     progress(f"decode: {n} tokens per run, {workload.reps} rounds")
@@ -109,6 +107,17 @@ def decode(workload: Workload, progress) -> list[dict]:
     return results
 
 
+def _cache_bytes(cache) -> int:
+    """Bytes of keys and values in a KV cache: transformers 5.x ``Cache`` layers, the legacy line's
+    ``DynamicCache`` lists, or legacy tuples ``((key, value), ...)`` (InternLM2's code)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
+    if hasattr(cache, "key_cache"):
+        return sum(t.nbytes for t in (*cache.key_cache, *cache.value_cache))
+    return sum(t.nbytes for layer in cache for t in layer[:2])
+
+
 def _eager_importance(model, batch, n):
     """The published code's approach: eager attention, ``output_attentions=True``, summed afterwards."""
     out = model.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -126,12 +135,13 @@ def _eager_importance(model, batch, n):
 
 
 def capture(workload: Workload, progress) -> dict:
-    """Small-model generate with our capture vs plain SDPA generate vs the eager approach."""
+    """Small-model generate with our capture vs plain generate (the model's own attention: SDPA where
+    it has it) vs the eager approach (eager attention, ``output_attentions``)."""
     small, clock = workload.small, Clock(workload.device)
     batch = workload.inputs([workload.tiles])
     n = 32 if workload.name != "quick" else 8
-    eager = copy.deepcopy(small)
-    eager.set_attn_implementation("eager")
+    attention = workload.kit.attention(small)
+    eager = workload.kit.with_attention(small, "eager")  # ``small`` itself when it is eager already
     calls = {
         "plain": lambda: small.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False),
         "ours": lambda: _importance(workload, batch, n),
@@ -146,8 +156,8 @@ def capture(workload: Workload, progress) -> dict:
         peaks = {name: peak_memory(call, workload.device) for name, call in calls.items()}
     overhead = spread([r - 1 for r in ratios(close["ours"], close["plain"])])
     eager_time = spread(ratios(versus_eager["eager"], versus_eager["ours"]))
-    result = {"new_tokens": n, "overhead": overhead["median"], "overhead_min": overhead["min"],
-              "overhead_max": overhead["max"], "eager_time_ratio": eager_time["median"],
+    result = {"new_tokens": n, "attention": attention, "overhead": overhead["median"],
+              "overhead_min": overhead["min"], "overhead_max": overhead["max"], "eager_time_ratio": eager_time["median"],
               "eager_time_ratio_min": eager_time["min"], "eager_time_ratio_max": eager_time["max"],
               "peak_bytes": peaks}
     if peaks["ours"] and peaks["eager"] is not None:

@@ -44,10 +44,16 @@ def _mib(value) -> str:
     return "-" if value is None else f"{value / 2**20:.1f} MiB"
 
 
+def _attention(capture: dict) -> str:
+    """The small model's attention in the capture section's words (SDPA unless the file says else)."""
+    name = capture.get("attention", "sdpa")
+    return {"sdpa": "SDPA", "eager": "eager-attention"}.get(name, name)
+
+
 def render(result: dict) -> str:
     out = []
     m, workload = result["machine"], result["workload"]
-    family = f", {workload['family']}" if "family" in workload else ""
+    family = f", {workload.get('models') or workload['family']}" if "family" in workload else ""
     out.append(f"sgl-patch bench ({workload['name']} shapes{family}) on {m['device']}, {m['processor']}, "
                f"{m['torch_threads']} threads, torch {m['torch']}")
     out.append(f"  {workload['description']}")
@@ -72,7 +78,8 @@ def render(result: dict) -> str:
         c = result["capture"]
         out.append(f"\nImportance capture on the small model ({c['new_tokens']} generated tokens)")
         out.append(_table(["figure", "value"], [
-            ["overhead over plain SDPA generate", f"{c['overhead']:+.1%} ({c['overhead_min']:+.1%} to {c['overhead_max']:+.1%})"],
+            [f"overhead over plain {_attention(c)} generate",
+             f"{c['overhead']:+.1%} ({c['overhead_min']:+.1%} to {c['overhead_max']:+.1%})"],
             ["eager approach time / ours", _x(c["eager_time_ratio"], c["eager_time_ratio_min"], c["eager_time_ratio_max"])],
             ["peak memory: plain / ours / eager", " / ".join(_mib(c["peak_bytes"][k]) for k in ("plain", "ours", "eager"))],
             ["eager approach peak / ours", _x(c["eager_peak_ratio"]) if c.get("eager_peak_ratio") else "-"],

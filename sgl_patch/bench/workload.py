@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -28,8 +28,8 @@ DEFAULT_SHAPES = {
                            vision_depth=6, vision_dim=256, vision_heads=4),
 }
 QUICK_SHAPES = {"small": tiny.SMALL, "large": tiny.LARGE}
-TILE_TOKENS = 256       # visual tokens per tile (Qwen2-VL: 32 x 32 patches, 2 x 2 merged)
-QUICK_TILE_TOKENS = 16  # Qwen2-VL: 8 x 8 patches
+TILE_TOKENS = 256       # visual tokens per tile (Qwen2-VL: 32 x 32 patches, 2 x 2 merged; InternVL2: 64-px tiles)
+QUICK_TILE_TOKENS = 16  # Qwen2-VL: 8 x 8 patches; InternVL2: 16-px tiles
 
 
 @dataclass
@@ -51,6 +51,12 @@ class Workload:
     e2e_new_tokens: int = 8
     batch_sizes: tuple[int, ...] = (1, 4, 8)
     notes: list = field(default_factory=list)
+    # the family's calls that differ between transformers lines and codebases (``tiny.TinyFamily``)
+    kit: Optional[tiny.TinyFamily] = None
+
+    def __post_init__(self):
+        if self.kit is None:
+            self.kit = tiny.family(self.family)
 
     def inputs(self, tiles_per_sample, seed: int = 0) -> dict:
         """A left-padded batch: one sample per entry, each with that many tiles (0: text only)."""
@@ -76,60 +82,47 @@ class Workload:
         return [(name, max(1, round(k * self.layers / PAPER_DEPTH)), r) for name, k, r in PAPER_POINTS]
 
     # -- the large model's calls that are timed (``measure``) and counted (``limits``) -------------
-    def scope(self, importance, point):
-        """Pruning at ``point`` (name, K, retain) with the small model's ``importance``; None: unpruned."""
-        return pruned(self.large, importance, layer=point[1], retain=point[2]) if point else nullcontext()
+    def scope(self, importance, point, inputs=None):
+        """Pruning at ``point`` (name, K, retain) with the small model's ``importance``; None: unpruned.
+        ``inputs``: the call's batch, whose ``input_ids`` locate the visual tokens when the language
+        model is fed ``inputs_embeds`` only (InternVL2's ``InternVLChatModel``)."""
+        if not point:
+            return nullcontext()
+        prompt_ids = None if inputs is None else inputs.get("input_ids")
+        return pruned(self.large, importance, layer=point[1], retain=point[2], prompt_ids=prompt_ids)
 
     def prefill(self, inputs, importance, point) -> None:
-        with torch.no_grad(), self.scope(importance, point):
-            self.large(**inputs, logits_to_keep=1, use_cache=True)
+        with torch.no_grad(), self.scope(importance, point, inputs):
+            self.kit.prefill(self.large, inputs)
 
     def generate(self, inputs, importance, point, new_tokens: int, **options):
         """Greedy generate of exactly ``new_tokens`` tokens."""
-        with self.scope(importance, point):
+        with self.scope(importance, point, inputs):
             return self.large.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                        do_sample=False, **options)
 
     def language_only(self, batch) -> dict:
-        """``batch`` with the vision encoder's outputs in place of its pixels, so that a forward of
-        the large model runs the language model alone (the prefill section's "LM" scope).
-
-        Every supported family's forward takes ``mm_encoder_outputs={"image": ..., "video": ...}``,
-        what its own ``get_image_features`` / ``get_video_features`` return.  They are recorded in
-        one whole forward instead of calling those methods here, whose arguments differ by family.
-        """
-        inner = self.large.model  # the ``*Model`` under ``*ForConditionalGeneration``, which encodes
-        recorded = {}
-        methods = {"image": "get_image_features", "video": "get_video_features"}
-
-        def recording(kind, method):
-            def call(*args, **kwargs):
-                recorded[kind] = method(*args, **kwargs)
-                return recorded[kind]
-            return call
-
-        for kind, name in methods.items():
-            if hasattr(inner, name):
-                setattr(inner, name, recording(kind, getattr(inner, name)))  # shadows the method
-        try:
-            with torch.no_grad():
-                self.large(**batch, logits_to_keep=1)
-        finally:
-            for name in methods.values():
-                inner.__dict__.pop(name, None)
-        pixels = {"image": "pixel_values", "video": "pixel_values_videos"}
-        out = {k: v for k, v in batch.items() if k not in {pixels[kind] for kind in recorded}}
-        out["mm_encoder_outputs"] = recorded
-        return out
+        """``batch`` with the vision encoder's outputs in place of its pixels, so that a prefill of
+        the large model runs the language model alone (the prefill section's "LM" scope; how is the
+        family's, ``TinyFamily.language_only``)."""
+        return self.kit.language_only(self.large, batch)
 
 
-def tiny_workload(quick: bool, device="cpu", dtype=torch.float32, family: str = "qwen2_vl") -> Workload:
-    """Tiny random models of ``family`` (``sgl_patch.tiny``) at the benchmark's shapes."""
-    kit = tiny.family(family)
-    shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
-    small = kit.model(shapes["small"], seed=0).to(device=device, dtype=dtype)
-    large = kit.model(shapes["large"], seed=1).to(device=device, dtype=dtype)
+def tiny_workload(quick: bool, device="cpu", dtype=torch.float32, family: str = "qwen2_vl", llm=None) -> Workload:
+    """Tiny random models of ``family`` (``sgl_patch.tiny``) at the benchmark's shapes.
+
+    ``llm``: ``(small, large)`` language models of InternVL2 (``family="internvl_chat"``)."""
     tile_tokens = QUICK_TILE_TOKENS if quick else TILE_TOKENS
+    kit = tiny.family(family)
+    if llm is not None:
+        if not hasattr(kit, "with_llms"):
+            raise ValueError(f"llm= chooses InternVL2's language models; family {family} has its own")
+        kit = kit.with_llms(*llm)
+    kit = kit.for_tile_tokens(tile_tokens)  # InternVL2 builds its tiles to hold tile_tokens
+    shapes = QUICK_SHAPES if quick else DEFAULT_SHAPES
+    small, large = kit.pair(shapes["small"], shapes["large"])
+    small = small.to(device=device, dtype=dtype)
+    large = large.to(device=device, dtype=dtype)
 
     def build(tiles_per_sample, text_tokens, seed):
         samples = [kit.tiled_sample(n, tile_tokens) if n else None for n in tiles_per_sample]
@@ -138,8 +131,8 @@ def tiny_workload(quick: bool, device="cpu", dtype=torch.float32, family: str = 
     if quick:
         return Workload("quick", family, small, large, torch.device(device), tile_tokens, build,
                         tiles=5, text_tokens=24, decode_tokens=16, reps=5, e2e_samples=10, e2e_tiles=2,
-                        e2e_new_tokens=4)
-    return Workload("default", family, small, large, torch.device(device), tile_tokens, build)
+                        e2e_new_tokens=4, kit=kit)
+    return Workload("default", family, small, large, torch.device(device), tile_tokens, build, kit=kit)
 
 
 def config_workload(small_config, large_config, device, dtype) -> Workload:

@@ -115,6 +115,88 @@ class TinyFamily:
         ids = self.inputs([sample])["input_ids"]
         return int(((ids == IMAGE) | (ids == VIDEO)).sum())
 
+    # -- what the demo and the benchmark call (defaults: native transformers 5.x classes) ------
+    @property
+    def title(self) -> str:
+        """The family in words, for the demo's and the benchmark's headers."""
+        return self.name
+
+    def pair(self, small: TinySize = SMALL, large: TinySize = LARGE) -> tuple:
+        """A small and a large tiny model that may guide each other (seeds 0 and 1)."""
+        return self.model(small, seed=0), self.model(large, seed=1)
+
+    def saved_pair(self, root, small: TinySize = SMALL, large: TinySize = LARGE) -> tuple[str, str]:
+        """``pair`` saved as checkpoints under ``root`` (``small`` and ``large``), the way users have them."""
+        import os
+
+        paths = []
+        for name, model in zip(("small", "large"), self.pair(small, large)):
+            path = os.path.join(os.fspath(root), name)
+            model.save_pretrained(path)
+            paths.append(path)
+        return paths[0], paths[1]
+
+    def load(self, path, dtype=torch.float32):
+        """A saved tiny checkpoint loaded back, in eval mode (``dtype``: a torch dtype or ``"auto"``)."""
+        return self.model_class().from_pretrained(path, dtype=dtype).eval()
+
+    def new_tokens(self, model, output: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The generated tokens of ``model.generate(**inputs)``'s ``output`` (it repeats the prompt)."""
+        return output[:, inputs["input_ids"].shape[1]:]
+
+    def for_tile_tokens(self, tile_tokens: int) -> "TinyFamily":
+        """This family with tiles of ``tile_tokens`` visual tokens where its models are built per tile
+        size (InternVL2); others build any tile from their fixed geometry (``tiled_sample``): ``self``."""
+        return self
+
+    def prefill(self, model, inputs: dict) -> None:
+        """One forward over a prompt as the benchmark times it: a fresh KV cache, the last logits only."""
+        model(**inputs, logits_to_keep=1, use_cache=True)
+
+    def language_only(self, model, batch: dict) -> dict:
+        """``batch`` with the vision encoder's outputs in place of its pixels, so that ``prefill``
+        runs the language model alone (the benchmark's "LM" scope).
+
+        Every native family's forward takes ``mm_encoder_outputs={"image": ..., "video": ...}``,
+        what its own ``get_image_features`` / ``get_video_features`` return.  They are recorded in
+        one whole forward instead of calling those methods here, whose arguments differ by family.
+        """
+        inner = model.model  # the ``*Model`` under ``*ForConditionalGeneration``, which encodes
+        recorded = {}
+        methods = {"image": "get_image_features", "video": "get_video_features"}
+
+        def recording(kind, method):
+            def call(*args, **kwargs):
+                recorded[kind] = method(*args, **kwargs)
+                return recorded[kind]
+            return call
+
+        for kind, name in methods.items():
+            if hasattr(inner, name):
+                setattr(inner, name, recording(kind, getattr(inner, name)))  # shadows the method
+        try:
+            with torch.no_grad():
+                model(**batch, logits_to_keep=1)
+        finally:
+            for name in methods.values():
+                inner.__dict__.pop(name, None)
+        pixels = {"image": "pixel_values", "video": "pixel_values_videos"}
+        out = {k: v for k, v in batch.items() if k not in {pixels[kind] for kind in recorded}}
+        out["mm_encoder_outputs"] = recorded
+        return out
+
+    def attention(self, model) -> str:
+        """The language model's attention implementation (``"sdpa"``, ``"eager"``, ...)."""
+        return model.config._attn_implementation
+
+    def with_attention(self, model, implementation: str):
+        """``model`` with the given attention implementation: a copy (``model`` is left as it is)."""
+        import copy
+
+        other = copy.deepcopy(model)
+        other.set_attn_implementation(implementation)
+        return other
+
     def __repr__(self):
         return f"TinyFamily({self.name})"
 

@@ -29,6 +29,13 @@ Weights are random (``build_model``): language models initialised with std 0.1 (
 ``<IMG_CONTEXT>`` out of answers.  ``llama`` stands for InternVL2-40B (Hermes-2 template); the
 76B's Llama-3 template is not among ``conversation.py``'s.
 
+``InternVLChatFamily`` (``sgl_patch.tiny.family("internvl_chat")``, offered by ``tiny.names()`` on the
+legacy line only) is the ``TinyFamily`` the demo and the benchmark run: InternLM2 small -> InternLM2
+large by default (``with_llms`` for other kinds), models built with ``img_context_token_id`` set,
+``batch_chat``'s inputs, and the calls that differ from the native classes' (saving and loading as
+remote code, the prefill forward with ``image_flags``, the generated tokens after ``bos_columns``).
+``for_tile_tokens(256)`` builds 64-px tiles, whose 32 x 32 patches shuffle into a real tile's 256 tokens.
+
 What ``InternVLChatModel.generate`` returns depends on transformers, because it hands
 ``inputs_embeds`` to ``language_model.generate``: on 4.37.2 a BOS column and then the new tokens, on
 4.49 only the new tokens (``bos_columns`` tells which).
@@ -36,7 +43,10 @@ What ``InternVLChatModel.generate`` returns depends on transformers, because it 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -44,7 +54,8 @@ from pathlib import Path
 
 import torch
 
-from .base import BOS, EOS, IMAGE, LARGE, PAD, SMALL, VISION_END, VISION_START, VOCAB, TinySize, text_config
+from .base import (BOS, EOS, IMAGE, LARGE, PAD, SMALL, VISION_END, VISION_START, VOCAB, TinyFamily, TinySize,
+                   text_config)
 
 CODE_DIR = Path(__file__).with_name("internvl2_code")
 TILE, PATCH, DOWNSAMPLE = 16, 2, 0.5
@@ -233,12 +244,24 @@ def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int 
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE):
-    """A tiny random ``InternVLChatModel`` (our package's classes), float32, eval mode."""
+def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE,
+                attn_implementation: str = "eager"):
+    """A tiny random ``InternVLChatModel`` (our package's classes), float32, eval mode.
+
+    ``attn_implementation``: the language model's attention, one of ``ATTENTION[llm]`` but
+    ``flash_attention_2`` (``eager`` everywhere, ``sdpa`` for Qwen2 / Llama).
+    """
     from .internvl2_code.modeling_internvl_chat import InternVLChatModel
 
+    if attn_implementation not in ATTENTION[llm] or attn_implementation == "flash_attention_2":
+        raise ValueError(f"build_model builds {llm} language models with attention in "
+                         f"{[a for a in ATTENTION[llm] if a != 'flash_attention_2']}, not {attn_implementation!r}")
+    config = checkpoint_config(llm, size, tile)
+    # transformers' Qwen2/Llama read _attn_implementation when their layers are made (InternLM2 and
+    # the Phi-3 code read the plain field InternVLChatModel.__init__ sets to eager here)
+    config.llm_config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = InternVLChatModel(checkpoint_config(llm, size, tile), use_flash_attn=False)
+    model = InternVLChatModel(config, use_flash_attn=False)
     # Random init gives near-uniform next-token distributions; a larger lm head spread makes greedy
     # answers (and early-exit scores) meaningful instead of coin flips -- as TinyFamily.model does.
     with torch.no_grad():
@@ -332,18 +355,19 @@ def default_questions(samples, seed: int = 0) -> list[str]:
     return [pool[(seed + i) % len(pool)] for i, pool in enumerate(pools)]
 
 
-def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0) -> dict:
+def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0, padding_side: str = "left") -> dict:
     """What ``batch_chat`` hands to ``generate`` for ``samples`` (tile counts; None = text only).
 
     Returns ``input_ids`` and ``attention_mask`` (left padded) and, when any sample has tiles,
     ``pixel_values`` ``[sum(tiles), 3, tile, tile]`` in sample order; sets ``model.img_context_token_id``
     as ``batch_chat`` does, so ``model.generate(**inputs(model, ...), max_new_tokens=...)`` runs.
+    ``model`` may also be ``Prompting`` (what a checkpoint's prompts depend on, without its weights).
     """
     tok = tokenizer if tokenizer is not None else build_tokenizer()
     model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     questions = list(questions) if questions is not None else default_questions(samples, seed)
     queries = [chat_query(model, n, q) for n, q in zip(samples, questions, strict=True)]
-    tok.padding_side = "left"
+    tok.padding_side = padding_side
     encoded = tok(queries, return_tensors="pt", padding=True)
     batch = {"input_ids": encoded["input_ids"].to(model.device),
              "attention_mask": encoded["attention_mask"].to(model.device)}
@@ -353,6 +377,34 @@ def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0) -> 
         pixels = torch.randn(tiles, 3, side, side, generator=torch.Generator().manual_seed(seed))
         batch["pixel_values"] = pixels.to(model.device, model.dtype)
     return batch
+
+
+class Prompting:
+    """What ``chat_query`` and ``inputs`` read of an ``InternVLChatModel`` (template, system message,
+    tokens and pixels per tile), for checkpoint settings without building the model."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, llm: str = "internlm2", tile: int = TILE):
+        from types import SimpleNamespace
+
+        from .internvl2_code.conversation import get_conv_template
+
+        self.template = LLMS[llm][1]
+        self.system_message = get_conv_template(self.template).system_message
+        self.num_image_token = tokens_per_tile(tile)
+        self.config = SimpleNamespace(force_image_size=tile, vision_config=SimpleNamespace(image_size=tile))
+        self.img_context_token_id = None
+
+
+def question_of(n_tokens: int, seed: int = 0, tokenizer=None) -> str:
+    """An English question of about ``n_tokens`` tokens (a slice of the tokenizer's corpus, decoded)."""
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    english = " ".join(line for line in _CORPUS.split("\n") if line.isascii())
+    ids = tok(english, add_special_tokens=False)["input_ids"]
+    ids = ids * (n_tokens // len(ids) + 2)
+    start = (seed * 7) % (len(ids) - n_tokens)
+    return tok.decode(ids[start:start + n_tokens]).strip() + "?"
 
 
 def bos_columns(model) -> int:
@@ -366,9 +418,200 @@ def bos_columns(model) -> int:
     return int(start.shape[1])
 
 
+# -- the family the demo and the benchmark run ------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _shared_tokenizer():
+    return build_tokenizer()
+
+
+def _kind_of(config) -> str:
+    """The language-model kind (``KINDS``) of an ``InternVLChatConfig`` or of a checkpoint directory."""
+    if isinstance(config, (str, os.PathLike)):
+        with open(Path(config, "config.json")) as f:
+            architecture = json.load(f)["llm_config"]["architectures"][0]
+    else:
+        architecture = config.llm_config.architectures[0]
+    return next(k for k, v in LLMS.items() if v[0] == architecture)
+
+
+def default_attention(llm: str) -> str:
+    """SDPA where the language model's code has it (Qwen2, Llama), eager otherwise (InternLM2, Phi-3)."""
+    return "sdpa" if "sdpa" in ATTENTION[llm] else "eager"
+
+
+class InternVLChatFamily(TinyFamily):
+    """InternVL2's original ``InternVLChatModel`` on the legacy transformers line (4.37.2 .. 4.49).
+
+    ``inputs`` takes per sample a number of tiles (``None``: text only) and builds what
+    ``batch_chat`` hands to ``generate``: the chat template of the *large* model's language model
+    (``large_llm``) with its system message, ``num_image_token`` ``<IMG_CONTEXT>`` per tile, left
+    padding, and random pixels.  The models it builds have ``img_context_token_id`` set (as
+    ``chat`` sets it), so ``model.generate(pixel_values=, input_ids=, attention_mask=)`` runs.
+    ``small_llm`` / ``large_llm`` are ``KINDS`` (default InternLM2 for both, like InternVL2-2B
+    guiding InternVL2-26B); ``tile`` the tile side in pixels (16: 16 tokens a tile; 64: 256, a real
+    448-px tile's count).
+    """
+
+    name, class_name = "internvl_chat", "InternVLChatModel"
+    one = 2                  # 32 visual tokens
+    mixed = [2, 1, 3]        # 32, 16, 48
+    multi = None             # batch_chat: one image (of several tiles) per sample
+
+    def __init__(self, small_llm: str = "internlm2", large_llm: str = "internlm2", tile: int = TILE):
+        for llm in (small_llm, large_llm):
+            if llm not in LLMS:
+                raise ValueError(f"unknown InternVL2 language model {llm!r}; choose from {', '.join(KINDS)}")
+        if tokens_per_tile(tile) * (PATCH / DOWNSAMPLE) ** 2 != tile * tile:
+            raise ValueError(f"a tile of {tile} px is not whole {PATCH}-px patches shuffled by {DOWNSAMPLE}")
+        self.small_llm, self.large_llm, self.tile = small_llm, large_llm, tile
+
+    def with_llms(self, small_llm: str, large_llm: str | None = None) -> "InternVLChatFamily":
+        """The same family with other language models (``KINDS``; ``large_llm`` defaults to ``small_llm``)."""
+        return InternVLChatFamily(small_llm, large_llm or small_llm, self.tile)
+
+    @property
+    def tile_tokens(self) -> int:
+        return tokens_per_tile(self.tile)
+
+    @property
+    def title(self) -> str:
+        return f"{self.name}: {self.small_llm} small, {self.large_llm} large"
+
+    def __repr__(self):
+        return f"InternVLChatFamily({self.small_llm!r}, {self.large_llm!r}, tile={self.tile})"
+
+    # -- models -------------------------------------------------------------------------------
+    def config(self, size: TinySize = SMALL, llm: str | None = None):
+        return checkpoint_config(llm or self.small_llm, size, self.tile)
+
+    def model_class(self):
+        from .internvl2_code.modeling_internvl_chat import InternVLChatModel
+
+        return InternVLChatModel
+
+    def model(self, size: TinySize = SMALL, seed: int = 0, attn_implementation: str | None = None, config=None,
+              llm: str | None = None):
+        """A tiny random model (``small_llm`` unless ``llm``), ready to generate: float32, eval mode."""
+        if config is not None:
+            raise ValueError("InternVLChatFamily builds its models from (llm, size, tile); pass llm=, not config=")
+        llm = llm or self.small_llm
+        model = build_model(llm, size, seed, self.tile, attn_implementation or default_attention(llm))
+        return self._ready(model)
+
+    def pair(self, small: TinySize = SMALL, large: TinySize = LARGE) -> tuple:
+        return self.model(small, seed=0, llm=self.small_llm), self.model(large, seed=1, llm=self.large_llm)
+
+    def saved_pair(self, root, small: TinySize = SMALL, large: TinySize = LARGE) -> tuple[str, str]:
+        root = Path(root)
+        return (save_checkpoint(root / "small", self.small_llm, small, 0, self.tile),
+                save_checkpoint(root / "large", self.large_llm, large, 1, self.tile))
+
+    def load(self, path, dtype=torch.float32):
+        """A checkpoint loaded as the hub's are (``AutoModel``, ``trust_remote_code``), ready to generate."""
+        model = load(path, default_attention(_kind_of(path)))
+        if dtype != "auto":
+            model = model.to(dtype)
+        return self._ready(model)
+
+    @staticmethod
+    def _ready(model):
+        model.img_context_token_id = IMAGE  # what chat() sets: the tokenizer's <IMG_CONTEXT> id
+        return model.eval()
+
+    def attention(self, model) -> str:
+        lm_config = model.language_model.config
+        if _kind_of(model.config) in ("internlm2", "phi3"):  # their code reads the plain field
+            return lm_config.attn_implementation
+        return lm_config._attn_implementation
+
+    def with_attention(self, model, implementation: str):
+        """``model`` itself when it already has that attention (nothing to switch), else a copy built
+        with it (the legacy line cannot switch a built model's attention classes)."""
+        if self.attention(model) == implementation:
+            return model
+        tile = model.config.force_image_size or model.config.vision_config.image_size
+        other = build_model(_kind_of(model.config), _size_of(model), 0, tile, implementation)
+        other.load_state_dict(model.state_dict())
+        other.language_model.generation_config = copy.deepcopy(model.language_model.generation_config)
+        return self._ready(other.to(model.device, model.dtype))
+
+    # -- inputs --------------------------------------------------------------------------------
+    def inputs(self, samples, prompt_lengths=None, *, seed: int = 0, padding_side: str = "left") -> dict:
+        """``prompt_lengths``: per sample, the question's length in tokens (default: built-in questions)."""
+        tok = _shared_tokenizer()
+        questions = None
+        if prompt_lengths is not None:
+            questions = [question_of(n, seed + i, tok) for i, n in enumerate(prompt_lengths)]
+        return inputs(Prompting(self.large_llm, self.tile), list(samples), questions, tokenizer=tok, seed=seed,
+                      padding_side=padding_side)
+
+    def visual_tokens(self, sample) -> int:
+        # <IMG_CONTEXT> only: the tokenizer's id 6 (the other families' VIDEO) is <|im_start|> here
+        return int((self.inputs([sample])["input_ids"] == IMAGE).sum())
+
+    def describe(self, sample) -> str:
+        return "text only" if not sample else f"{sample} tile{'s' if sample > 1 else ''}"
+
+    def demo_samples(self) -> list:
+        return [5, 3, 1, 7, None]  # 1 or n + 1 tiles, as dynamic_preprocess and its thumbnail make them
+
+    def for_tile_tokens(self, tile_tokens: int) -> "InternVLChatFamily":
+        side = 4 * math.isqrt(tile_tokens)  # (side / 2 patches x 0.5) ** 2 tokens
+        if tokens_per_tile(side) != tile_tokens:
+            return self
+        return InternVLChatFamily(self.small_llm, self.large_llm, side)
+
+    def tiled_sample(self, tiles: int, tile_tokens: int) -> int:
+        """``tiles`` of this family's tiles when they hold ``tile_tokens``, else whole tiles making as many."""
+        if tile_tokens % self.tile_tokens:
+            raise ValueError(f"an InternVL2 tile of {self.tile} px holds {self.tile_tokens} tokens: build the family "
+                             f"for {tile_tokens} (for_tile_tokens) or ask for a multiple of {self.tile_tokens}")
+        return tiles * (tile_tokens // self.tile_tokens)
+
+    def new_tokens(self, model, output: torch.Tensor, inputs: dict) -> torch.Tensor:
+        # generate hands inputs_embeds to the language model: no prompt in the output (BOS on 4.37.2)
+        return output[:, bos_columns(model):]
+
+    # -- what the benchmark times ----------------------------------------------------------------
+    def prefill(self, model, inputs: dict) -> None:
+        """``InternVLChatModel.forward`` over the prompt with a fresh cache (it has no ``logits_to_keep``:
+        the language model's head runs over every position, 0.4% of this prefill at the benchmark's shapes)."""
+        features = inputs.get("visual_features")
+        pixels = inputs.get("pixel_values")
+        tiles = (features if features is not None else pixels).shape[0]
+        flags = torch.ones(tiles, 1, dtype=torch.long, device=inputs["input_ids"].device)
+        if features is not None:  # the language model alone: the encoder's output stands in for it
+            model.extract_feature = lambda _pixels: features  # shadows the method for this call
+        try:
+            model(pixel_values=pixels, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                  image_flags=flags, use_cache=True, return_dict=True)
+        finally:
+            model.__dict__.pop("extract_feature", None)
+
+    def language_only(self, model, batch: dict) -> dict:
+        """``batch`` with ``visual_features`` (``extract_feature``'s output, what ``generate`` also
+        takes) in place of ``pixel_values``."""
+        out = {k: v for k, v in batch.items() if k != "pixel_values"}
+        with torch.no_grad():
+            out["visual_features"] = model.extract_feature(batch["pixel_values"])
+        return out
+
+
+def _size_of(model) -> TinySize:
+    text, vision = model.language_model.config, model.config.vision_config
+    return TinySize(hidden=text.hidden_size, layers=text.num_hidden_layers, heads=text.num_attention_heads,
+                    kv_heads=text.num_key_value_heads, vision_depth=vision.num_hidden_layers,
+                    vision_dim=vision.hidden_size, vision_heads=vision.num_attention_heads,
+                    intermediate=text.intermediate_size)
+
+
+FAMILIES = {"internvl_chat": InternVLChatFamily()}
+
+
 __all__ = [
-    "ATTENTION", "DOWNSAMPLE", "IMG_CONTEXT_TOKEN", "IMG_END_TOKEN", "IMG_START_TOKEN", "KINDS", "LARGE", "LLMS",
-    "PATCH", "SMALL", "SPECIAL_TOKENS", "TILE", "bos_columns", "build_model", "build_tokenizer", "chat_query",
-    "checkpoint_config", "default_questions", "inputs", "llm_config", "load", "load_tokenizer", "save_checkpoint",
-    "tokens_per_tile", "vision_config",
+    "ATTENTION", "DOWNSAMPLE", "FAMILIES", "IMG_CONTEXT_TOKEN", "IMG_END_TOKEN", "IMG_START_TOKEN", "KINDS", "LARGE",
+    "LLMS", "PATCH", "SMALL", "SPECIAL_TOKENS", "TILE", "InternVLChatFamily", "Prompting", "bos_columns",
+    "build_model", "build_tokenizer", "chat_query", "checkpoint_config", "default_attention", "default_questions",
+    "inputs", "llm_config", "load", "load_tokenizer", "question_of", "save_checkpoint", "tokens_per_tile",
+    "vision_config",
 ]
