@@ -357,14 +357,19 @@ def legacy_attention_forward(wrapped, instance, args, kwargs):
                            "capture cannot read its queries")
     query, new_keys = rotated[-1]
     bound = model_state.bind_arguments(wrapped, args, kwargs)
-    session.record(instance, query, _all_keys(bound.get("past_key_value"), instance, new_keys), {})
+    session.record(instance, query, _all_keys(bound.get("past_key_value"), instance, new_keys, out), {})
     return out
 
 
-def _all_keys(past, module, new_keys):
+def _all_keys(past, module, new_keys, out):
+    if isinstance(past, (tuple, list)) or past is None:
+        # tuple caches (InternLM2): the forward returns its present (k, v), already concatenated
+        present = out[-1] if isinstance(out, tuple) and out else None
+        if isinstance(present, tuple) and len(present) == 2 and isinstance(present[0], torch.Tensor):
+            return present[0]
     if past is None:
         return new_keys
-    if isinstance(past, (tuple, list)):  # legacy tuple cache (k, v) of this layer, before this step
+    if isinstance(past, (tuple, list)):  # (k, v) of this layer before this step
         return torch.cat([past[0], new_keys], dim=-2) if len(past) else new_keys
     keys = layer_keys(past, module.layer_idx)  # a Cache object, already updated by the forward
     return keys if keys is not None else new_keys
