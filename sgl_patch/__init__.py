@@ -163,9 +163,7 @@ def _parameter_count(model) -> int:
 
 
 def _vocabulary_size(model) -> int:
-    # the original codebases' VLM classes leave get_output_embeddings to their language model
-    head = model.get_output_embeddings() or adapter_for(model).forward_module(model).get_output_embeddings()
-    return head.weight.shape[0]
+    return adapter_for(model).output_head(model).weight.shape[0]
 
 
 def _check_same_tokens(large, small) -> None:

@@ -378,7 +378,7 @@ def _all_keys(past, module, new_keys, out):
 def _record_head_logits(model, session):
     """A forward hook on ``model``'s output head that hands each forward's logits to ``session``
     (for this context's call only: other threads may use the model meanwhile)."""
-    head = model.get_output_embeddings() or adapter_for(model).forward_module(model).get_output_embeddings()
+    head = adapter_for(model).output_head(model)
 
     def hook(module, args, output):
         call = model_state.current_call(model)

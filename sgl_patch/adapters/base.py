@@ -95,6 +95,11 @@ class Adapter:
     def attention_modules(self, model) -> list:
         return [getattr(layer, self.attention_attr) for layer in self.decoder_layers(model)]
 
+    def output_head(self, model):
+        """The module that turns hidden states into next-token logits; the original codebases' VLM
+        classes leave ``get_output_embeddings`` to their language model (the forward module)."""
+        return model.get_output_embeddings() or self.forward_module(model).get_output_embeddings()
+
     def forward_module(self, model):
         """The module whose forward marks one pass over the sequence (see ``forward_path``)."""
         module = model
