@@ -5,6 +5,8 @@ Only facts about transformers itself live here; facts about a model family live 
 
 from __future__ import annotations
 
+import inspect
+
 import transformers
 
 # The legacy line (4.37.2-4.49, the original InternVL2 and llava codebases) has no
@@ -55,3 +57,13 @@ def sliding_window(text_config) -> int | None:
     if window is None or getattr(text_config, "use_sliding_window", True) is False:
         return None
     return int(window)
+
+
+def sliced_rotary_table(attention_module):
+    """The rotary module a legacy attention slices to its own cache length (``rotary_emb(x,
+    seq_len=...)``: 4.37 Llama / Qwen2, InternLM2), or None where rotary is computed elsewhere or
+    from position ids alone."""
+    rotary = getattr(attention_module, "rotary_emb", None)
+    if rotary is None or "seq_len" not in inspect.signature(type(rotary).forward).parameters:
+        return None
+    return rotary

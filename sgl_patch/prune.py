@@ -26,7 +26,7 @@ import torch
 
 from . import state as model_state
 from .adapters import adapter_for
-from .compat import LEGACY, cache_length, sliding_window, uses_flash_attention
+from .compat import LEGACY, cache_length, sliced_rotary_table, sliding_window, uses_flash_attention
 from .config import check_fraction
 
 
@@ -103,8 +103,8 @@ class PruneRun:
         # legacy attention's own rotary tables in layers K.. (see ``rotary_length``)
         self.flash = uses_flash_attention(adapter.attention_modules(model)[0], self.text_config)
         self.window = sliding_window(self.text_config) if LEGACY else None
-        self.rotary_ids = frozenset(id(a.rotary_emb) for a in adapter.attention_modules(model)[layer:]
-                                    if getattr(a, "rotary_emb", None) is not None)
+        tables = (sliced_rotary_table(attention) for attention in adapter.attention_modules(model)[layer:])
+        self.rotary_ids = frozenset(id(table) for table in tables if table is not None)
         self._forward = None               # (past length, 2D mask, covers prompt)
         self._layer_inputs = None          # kwargs for layers K.. of the current forward
         self._gathered = None              # (index, filled) of the hidden states of layers K.., if gathered

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import patching
-from .compat import LEGACY
+from .compat import LEGACY, sliced_rotary_table
 from .adapters import Adapter, adapter_for
 
 STATE_ATTR = "_sgl_state"
@@ -280,8 +280,8 @@ def _legacy_targets(attention) -> list:
     module = sys.modules[type(attention).__module__]
     if callable(getattr(module, "apply_rotary_pos_emb", None)):
         targets.append((module, "apply_rotary_pos_emb", record_rotary))
-    rotary = getattr(attention, "rotary_emb", None)
-    if rotary is not None and "seq_len" in inspect.signature(type(rotary).forward).parameters:
+    rotary = sliced_rotary_table(attention)
+    if rotary is not None:
         targets.append((type(rotary), "forward", _rotary_table))
     return targets
 
