@@ -43,11 +43,18 @@ class SGLHandle:
 
 
 def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshold=_UNSET,
-          consistency_retain=_UNSET) -> SGLHandle:
+          consistency_retain=_UNSET, small_tokenizer=None) -> SGLHandle:
     """Make ``model.generate`` run the small model first and prune the large one at ``layer``.
 
     small_model: a model object, or a local path / hub id loaded with the large model's class,
-        dtype and device.  Defaults: layer=2, retain=0.05, exit_threshold=None (no early exit),
+        dtype and device.
+    small_tokenizer: only for a small model whose tokenizer differs from the large one's, in a
+        family whose models build their own prompts (InternVL2's ``chat`` / ``batch_chat``, e.g.
+        InternVL2-1B guiding -40B): the small model's tokenizer (default: loaded from where the
+        small model was loaded).  Such a pair is guided inside those methods (an early exit returns
+        the small model's answer text) and refuses ``generate(input_ids=...)``, whose ids the small
+        model cannot read.
+        Defaults: layer=2, retain=0.05, exit_threshold=None (no early exit),
         consistency_retain=0.05.  Options not given come from ``SGL_SMALL_MODEL``, ``SGL_LAYER``,
         ``SGL_RETAIN``, ``SGL_EXIT_THRESHOLD``, ``SGL_CONSISTENCY_RETAIN``; ``SGL_DISABLE=1`` makes
         this a no-op.  Applying again replaces the options.  Every check (options, the pair, the
@@ -73,21 +80,28 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
         raise ValueError("sgl_patch.apply needs a small model: pass small_model=<model or path> "
                          "or set SGL_SMALL_MODEL")
     small = _load_small(model, config.small_model)
-    _check_pair(model, small, adapter)
-    if config.exit_threshold is not None:
-        _check_same_tokens(model, small)
+    own_prompts = _check_pair(model, small, adapter)
+    if own_prompts:
+        small_tokenizer = _small_tokenizer(small, small_tokenizer)
+    else:
+        small_tokenizer = None  # the small model reads the large one's input_ids
+        if config.exit_threshold is not None:
+            _check_same_tokens(model, small)
 
     from . import state as model_state
     from .pipeline import Applied
     from .records import StatsLog
 
-    applied = Applied(config=config, small_model=small, layer=k, stats=StatsLog())
+    applied = Applied(config=config, small_model=small, layer=k, stats=StatsLog(), small_tokenizer=small_tokenizer)
     replaced = model_state.set_applied(model, applied)
     logger.info("sgl_patch: %s %s (%d decoder layers) with small model %s (%d layers): layer=%d, "
                 "retain=%s, exit_threshold=%s, consistency_retain=%s",
                 "re-patched" if replaced else "patched", type(model).__name__, num_layers,
                 type(small).__name__, len(adapter.decoder_layers(small)), k, config.retain,
                 config.exit_threshold, config.consistency_retain)
+    if small_tokenizer is not None:
+        logger.info("sgl_patch: the two models use different tokenizers; %s() prompt the small model with its own",
+                    "() / ".join(adapter.prompt_methods))
     return SGLHandle(model, config, k, applied.stats)
 
 
@@ -122,8 +136,20 @@ def _load_small(large, small):
     return small
 
 
-def _check_pair(large, small, adapter) -> None:
-    """The small model must turn every input into the same visual tokens as the large one."""
+def _small_tokenizer(small, given):
+    if given is not None:
+        return given
+    try:
+        return adapter_for(small).load_tokenizer(small)
+    except Exception as error:  # noqa: BLE001 - any loading failure gets the same advice
+        raise ValueError(f"the small model uses another tokenizer than the large one, and its own could not be "
+                         f"loaded ({error}): pass apply(..., small_tokenizer=<the small model's tokenizer>)") from None
+
+
+def _check_pair(large, small, adapter) -> bool:
+    """The small model must turn every input into the same visual tokens as the large one.
+
+    True when it must be prompted with its own tokenizer (``Adapter.prompt_methods``)."""
     if small is large:
         raise ValueError("small_model is the large model itself; pass a smaller model of the same family")
     try:
@@ -134,15 +160,19 @@ def _check_pair(large, small, adapter) -> None:
         raise ValueError(f"small_model {type(small).__name__} is not of the large model's family "
                          f"({type(large).__name__}); SGL needs a small VLM of the same family")
     differences = []
-    large_ids, small_ids = adapter.visual_token_ids(large), small_adapter.visual_token_ids(small)
-    # (ids set per instance, as InternVL2's chat() sets its own, are compared where both have one)
-    if large_ids != small_ids and (large_ids and small_ids or not adapter.sets_visual_ids_per_call):
-        differences.append(f"visual placeholder ids: large {large_ids} vs small {small_ids}")
     large_vocabulary, small_vocabulary = adapter.tokenizer_vocabulary(large), small_adapter.tokenizer_vocabulary(small)
-    if large_vocabulary != small_vocabulary:
+    # another tokenizer: the small model cannot read the large one's input_ids, but where the family's
+    # models build their prompts from text it is prompted by its own (visual tokens align by order)
+    own_prompts = large_vocabulary != small_vocabulary and bool(adapter.prompt_methods)
+    if large_vocabulary != small_vocabulary and not own_prompts:
         differences.append(f"tokenizer: the language models' vocabularies differ (large {large_vocabulary}, "
                            f"small {small_vocabulary}), so the small model cannot read the large one's input_ids")
-    adapter.prepare_guide(small, large)
+    large_ids, small_ids = adapter.visual_token_ids(large), small_adapter.visual_token_ids(small)
+    # (ids set per instance, as InternVL2's chat() sets its own, are compared where both have one)
+    if not own_prompts and large_ids != small_ids and (large_ids and small_ids or not adapter.sets_visual_ids_per_call):
+        differences.append(f"visual placeholder ids: large {large_ids} vs small {small_ids}")
+    if not own_prompts:
+        adapter.prepare_guide(small, large)
     large_geometry, small_geometry = adapter.vision_geometry(large), small_adapter.vision_geometry(small)
     for path, value in large_geometry.items():
         if small_geometry.get(path) != value:
@@ -156,6 +186,7 @@ def _check_pair(large, small, adapter) -> None:
         logger.warning("sgl_patch: the small model (%s parameters) is larger than the model it guides "
                        "(%s parameters); SGL saves time only when the guide is the smaller one",
                        f"{small_size:,}", f"{large_size:,}")
+    return own_prompts
 
 
 def _parameter_count(model) -> int:

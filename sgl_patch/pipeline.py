@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -39,6 +39,8 @@ class Applied:
     layer: int
     stats: StatsLog = field(default_factory=StatsLog)
     warned: set = field(default_factory=set)
+    # the small model's own tokenizer when it differs from the large one's (see prompt_both)
+    small_tokenizer: object = None
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
@@ -65,7 +67,69 @@ def _on(device, inputs: dict) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
+@dataclass
+class Guidance:
+    """What a small model prompted by its own tokenizer saw, for the large model's call (one call)."""
+
+    small_tokenizer: object
+    large_tokenizer: object
+    exit_retain: float | None = None   # consistency_retain when early exit is on
+    importance: object = None
+    exit_scores: torch.Tensor | None = None
+    answers: list | None = None        # the small model's answers as text
+    seconds: float = 0.0
+
+
+def prompt_both(model, adapter, applied: Applied, wrapped, args, kwargs):
+    """A prompt-building method (``Adapter.prompt_methods``: InternVL2's chat / batch_chat) of a pair
+    whose tokenizers differ.
+
+    The small model cannot read the large one's ``input_ids``, so it runs the same method on the
+    same arguments with its own tokenizer (and so its own template); its ``generate`` records the
+    importance of its visual tokens.  Both see the same images, so visual tokens align by order
+    (the large model's ``generate`` checks the counts), and the large model's ``generate`` inside
+    its own call is pruned by that importance.
+    """
+    call = model_state.bind_arguments(wrapped, args, kwargs)
+    if all(call.get(key) is None for key in adapter.item_keys):  # text only: nothing to prune
+        return wrapped(*args, **kwargs)
+    small = applied.small_model
+    small_call = _on(small.device, {**call, "tokenizer": applied.small_tokenizer})
+    if "verbose" in small_call:  # the caller asked to see the large model's prompt
+        small_call["verbose"] = False
+    config = applied.config
+    guidance = Guidance(applied.small_tokenizer, call.get("tokenizer"),
+                        config.consistency_retain if config.exit_threshold is not None else None)
+    started = time.perf_counter()
+    with torch.no_grad(), model_state.calling(small, guide=guidance):
+        getattr(small, wrapped.__name__)(**small_call)
+    guidance.seconds = time.perf_counter() - started
+    with model_state.calling(model, guidance=guidance):
+        return wrapped(*args, **kwargs)
+
+
+def guide(small, adapter, guidance: Guidance, wrapped, args, kwargs):
+    """``generate`` of a small model inside ``prompt_both``: record importance, answer as usual."""
+    if guidance.importance is not None:
+        raise RuntimeError(f"{type(small).__name__}.{'/'.join(adapter.prompt_methods)} called generate more than "
+                           "once in one call; sgl_patch guides one generate per call")
+    inputs, settings = _split_call(wrapped, args, kwargs, adapter)
+    settings = {k: v for k, v in settings.items() if k not in _LARGE_ONLY and k not in _CALLER_DECODING}
+    exits = guidance.exit_retain is not None
+    imp = guidance.importance = generate_with_importance(small, wrapped, inputs, settings, with_confidence=exits)
+    if exits:  # decided by the large model's generate, which knows whether the call may exit
+        guidance.exit_scores = decision_scores(imp, consistency(small, adapter, imp, inputs, guidance.exit_retain))
+        answers = imp.sequences[:, imp.prompt_length:]
+        guidance.answers = [guidance.small_tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
+                            for row, mask in zip(answers, imp.answer_mask)]
+    if settings.get("return_dict_in_generate"):
+        from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+        return GenerateDecoderOnlyOutput(sequences=guidance.importance.sequences)
+    return guidance.importance.sequences
+
+
+def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: Guidance | None = None):
     inputs, settings = _split_call(wrapped, args, kwargs, adapter)
     input_ids = inputs.get("input_ids")
     if input_ids is None:
@@ -97,6 +161,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     config = applied.config
     small = applied.small_model
     n_return = settings.get("num_return_sequences", generation_config.num_return_sequences) or 1
+    batch = input_ids.shape[0]
 
     # 1. small model: answer + importance (+ SEE scores)
     started = time.perf_counter()
@@ -106,10 +171,13 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
     small_inputs = _on(small.device, {k: v for k, v in inputs.items()
                                       if k != "inputs_embeds" and k not in adapter.large_only_inputs})
-    adapter.prepare_guide(small, model)
-    with torch.no_grad():
-        imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
-                                       with_confidence=config.exit_threshold is not None)
+    if applied.small_tokenizer is not None:  # the small model ran in prompt_both, on its own prompt
+        imp = _guided_importance(model, adapter, guidance, batch)
+    else:
+        adapter.prepare_guide(small, model)
+        with torch.no_grad():
+            imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
+                                           with_confidence=config.exit_threshold is not None)
     n_visual = visual.sum(1).cpu()
     if adapter.expands_placeholders:
         # the large model lays out its visual tokens in its own forward, where the pruning plan
@@ -119,7 +187,6 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
         row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])
         raise ValueError(count_mismatch_message(int(imp.n_visual[row]), int(n_visual[row]), row))
 
-    batch = input_ids.shape[0]
     exited = torch.zeros(batch, dtype=torch.bool)
     exit_scores = None
     if config.exit_threshold is not None:
@@ -130,13 +197,16 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
             applied.warn_once("decoding", f"sgl_patch: early exit is skipped for calls with {', '.join(own_decoding)} "
                                           "(the small model does not decode with the caller's objects)")
         else:
-            with torch.no_grad():
-                cons = consistency(small, adapter, imp, small_inputs, config.consistency_retain)
-            exit_scores = decision_scores(imp, cons)
+            if guidance is not None:  # scored where the small model ran on its own prompt
+                exit_scores = guidance.exit_scores.clone()
+            else:
+                with torch.no_grad():
+                    cons = consistency(small, adapter, imp, small_inputs, config.consistency_retain)
+                exit_scores = decision_scores(imp, cons)
             # a text-only sample in a mixed batch goes to the large model untouched
             exit_scores[n_visual == 0] = float("nan")
             exited = exit_scores >= config.exit_threshold
-    small_seconds = time.perf_counter() - started
+    small_seconds = time.perf_counter() - started + (guidance.seconds if guidance is not None else 0.0)
 
     # 2. large model, pruned, on the samples that did not exit
     started = time.perf_counter()
@@ -166,10 +236,48 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs):
     applied.stats.add(records)
     if not exited.any():
         return large_out
+    if guidance is not None:
+        imp = _in_large_tokens(imp, guidance, settings, generation_config)
     streamer = settings.get("streamer")
     if streamer is not None and exited.all():
         _replay_to_streamer(streamer, imp)
     return _merge(settings, generation_config, imp, exited, large_out, applied)
+
+
+def _guided_importance(model, adapter, guidance: Guidance | None, batch: int):
+    """The importance a small model prompted by its own tokenizer recorded for this call."""
+    if guidance is None or guidance.importance is None:
+        methods = " / ".join(f"{name}()" for name in adapter.prompt_methods)
+        raise ValueError(f"the small model guiding this {type(model).__name__} uses another tokenizer and cannot read "
+                         f"these input_ids; call {methods}, which prompt each model with its own tokenizer, or "
+                         "apply a small model that shares the large model's tokenizer")
+    imp = guidance.importance
+    if imp.n_visual.shape[0] != batch:
+        raise ValueError(f"the small model answered {imp.n_visual.shape[0]} prompts where {type(model).__name__} "
+                         f"got {batch}; the two calls must see the same samples")
+    return imp
+
+
+def _in_large_tokens(imp, guidance: Guidance, settings: dict, generation_config):
+    """``imp`` with the small model's answers re-encoded by the large model's tokenizer, each ended by
+    the large model's end token: what ``generate`` returns for the rows that exit, which the prompt
+    method decodes back to the small model's text.  The columns before the answers (a start token
+    where generate starts from embeddings) hold the large model's start token."""
+    eos = settings.get("eos_token_id", generation_config.eos_token_id)
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    rows = [guidance.large_tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+            for text in guidance.answers]
+    width = max(len(row) for row in rows)
+    pad = settings.get("pad_token_id", generation_config.pad_token_id)
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+    answers = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        answers[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = True
+    bos = generation_config.bos_token_id
+    prefix = torch.full((len(rows), imp.prompt_length), int(bos if bos is not None else pad), dtype=torch.long)
+    return replace(imp, sequences=torch.cat([prefix, answers], 1), answer_mask=mask)
 
 
 def _kept_per_sample(plan, samples: torch.Tensor) -> dict[int, int]:

@@ -61,6 +61,10 @@ class ModelCall:
 
     capture: Any = None    # capture.CaptureSession: importance is being recorded
     prune: Any = None      # prune.PruneRun: visual tokens are being dropped
+    # a small model prompted by its own tokenizer (``Adapter.prompt_methods``): its generate records
+    # the importance into this pipeline.Guidance, which the large model's generate then uses
+    guide: Any = None
+    guidance: Any = None   # on the large model: that Guidance, in place of running the small model
 
 
 # id(model) -> ModelCall, for the calls of ours running in this context.  Never mutated in place:
@@ -122,6 +126,7 @@ def attach(model) -> ModelState:
         targets = [(type(forward_module), "forward", _model_forward),
                    (type(model), "generate", _model_generate),
                    (layer_cls, "forward", _layer_forward)]
+        targets += [(type(model), name, _model_prompt) for name in adapter.prompt_methods if hasattr(type(model), name)]
         # a class without the method (another transformers version) never calls it: nothing to follow
         targets += [(language_model_cls, addition.method, _masked_addition)
                     for addition in adapter.masked_additions if hasattr(language_model_cls, addition.method)]
@@ -246,12 +251,29 @@ def _model_generate(wrapped, instance, args, kwargs):
     state = get_state(instance)
     # one read: a remove() in another thread from here on does not affect this call
     applied = state.applied if state is not None else None
+    call = current_call(instance)
+    from . import pipeline  # late import: pipeline imports this module
+
+    if call is not None and call.guide is not None and call.capture is None:
+        return pipeline.guide(instance, state.adapter, call.guide, wrapped, args, kwargs)
     # Our own calls (a small model guiding another, a model inside pruned()) run generate as it
     # is: the caller chose the scores; a guiding model acts as a plain small model.
-    if applied is None or current_call(instance) is not None:
+    if applied is None or call is not None and (call.guidance is None or call.prune is not None):
         return wrapped(*args, **kwargs)
-    from .pipeline import generate  # late import: pipeline imports this module
-    return generate(instance, state.adapter, applied, wrapped, args, kwargs)
+    return pipeline.generate(instance, state.adapter, applied, wrapped, args, kwargs,
+                             guidance=call.guidance if call is not None else None)
+
+
+def _model_prompt(wrapped, instance, args, kwargs):
+    """An ``Adapter.prompt_methods`` method (InternVL2's chat): where the small model reads another
+    tokenizer, it is prompted by its own copy of the method first."""
+    state = get_state(instance)
+    applied = state.applied if state is not None else None
+    if applied is None or applied.small_tokenizer is None or current_call(instance) is not None:
+        return wrapped(*args, **kwargs)
+    from .pipeline import prompt_both
+
+    return prompt_both(instance, state.adapter, applied, wrapped, args, kwargs)
 
 
 def _layer_forward(wrapped, instance, args, kwargs):

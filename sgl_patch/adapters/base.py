@@ -66,6 +66,10 @@ class Adapter:
     generate_takes_use_cache: bool = True
     # model inputs only the large model may get (features computed for it, not for the small model)
     large_only_inputs: tuple[str, ...] = ()
+    # methods of the model that build their prompt from text with a ``tokenizer`` argument
+    # (InternVL2's chat / batch_chat): through them a small model whose tokenizer differs from the
+    # large one's is prompted by its own copy of the method, with its own tokenizer and template
+    prompt_methods: tuple[str, ...] = ()
 
     def __post_init__(self):
         try:
@@ -142,6 +146,16 @@ class Adapter:
         family's checkpoints share one tokenizer whatever their size (their vocabularies may be padded
         differently: Qwen2-VL-2B 151936 vs -7B 152064)."""
         return None
+
+    def load_tokenizer(self, model):
+        """The tokenizer saved with ``model`` (for a small model that reads another tokenizer)."""
+        from transformers import AutoTokenizer
+
+        path = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
+        if not path:
+            raise ValueError(f"{type(model).__name__} was not loaded from a directory or hub id, so its "
+                             "tokenizer cannot be found")
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 
     def load_small(self, large, path: str):
         """Load a small model given as a path or hub id, as the family's own loader does."""

@@ -61,7 +61,7 @@ class InternVLChatAdapter(Adapter):
 
     def tokenizer_vocabulary(self, model):
         # The sizes use different tokenizers (1B: Qwen2's, 2B/8B/26B: InternLM2's, 4B: Phi-3's,
-        # 40B: Yi's, 76B: Llama-3's): the small model must read the large one's input_ids.
+        # 40B: Yi's, 76B: Llama-3's); a pair across them is prompted through chat / batch_chat.
         return model.language_model.config.vocab_size
 
     def select_items(self, model, inputs, index, out):
@@ -93,4 +93,6 @@ ADAPTER = InternVLChatAdapter(
     vision_geometry_attrs=("vision_config.image_size", "vision_config.patch_size", "force_image_size",
                            "downsample_ratio"),
     item_keys=("pixel_values", "visual_features"),
+    # both build the prompt with the model's own template and the tokenizer they are given
+    prompt_methods=("chat", "batch_chat"),
 )

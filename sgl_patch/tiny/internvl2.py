@@ -14,14 +14,17 @@ docstrings); this module builds checkpoint directories with it, the way the hub 
 
 Language models by ``llm``: ``internlm2`` (2B/8B/26B, template ``internlm2-chat``), ``qwen2`` (1B,
 ``Hermes-2``), ``llama`` (40B, ``Hermes-2``), ``phi3`` (4B, ``phi3-chat``).  Every checkpoint shares
-one tokenizer and one tile geometry (16-px tiles of 2-px patches, pixel-shuffled by 0.5: 16 tokens
-a tile, where a real 448-px tile gives 256), so any may guide any.  ``SMALL`` towers look like
-InternViT-300M (layer norm, qkv bias), ``LARGE`` ones like InternViT-6B (RMS norm, q/k norm).
+one tile geometry (16-px tiles of 2-px patches, pixel-shuffled by 0.5: 16 tokens a tile, where a
+real 448-px tile gives 256) and, by default, one tokenizer, so any may guide any.  ``SMALL`` towers
+look like InternViT-300M (layer norm, qkv bias), ``LARGE`` ones like InternViT-6B (RMS norm, q/k norm).
 
 The tokenizer is a byte-level BPE ``PreTrainedTokenizerFast`` over the project's 512-id vocabulary
 (``base.py``: PAD 0, BOS 1, EOS 2, then ``<img>`` 3, ``</img>`` 4, ``<IMG_CONTEXT>`` 5 -- the
-other families' vision start / end / image ids), adding BOS like InternLM2's tokenizer.  Real
-checkpoints ship their own tokenizers (InternLM2's sentencepiece one is remote code as well).
+other families' vision start / end / image ids), adding BOS like InternLM2's tokenizer.
+``save_checkpoint(..., vocabulary="other")`` gives a checkpoint another one (640 ids, other
+merges, every special token at another id), as the released sizes differ (1B: Qwen2's, 2B/8B/26B:
+InternLM2's, 4B: Phi-3's, 40B: Yi's, 76B: Llama-3's).  Real checkpoints ship their own tokenizers
+(InternLM2's sentencepiece one is remote code as well).
 
 Weights are random (``build_model``): language models initialised with std 0.1 (real configs say
 0.02; with that the tiny decoders' answers hardly depend on the image) and an lm head scaled by 8
@@ -50,6 +53,7 @@ import math
 import os
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,6 +74,28 @@ SPECIAL_TOKENS = [
 ]
 assert SPECIAL_TOKENS.index(IMG_START_TOKEN) == VISION_START and SPECIAL_TOKENS.index(IMG_END_TOKEN) == VISION_END
 assert SPECIAL_TOKENS.index(IMG_CONTEXT_TOKEN) == IMAGE and SPECIAL_TOKENS.index("<s>") == BOS
+
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A tokenizer's layout: how many ids, and the order its special tokens take the first ones."""
+
+    name: str
+    size: int
+    specials: tuple[str, ...]
+
+    def id(self, token: str) -> int:
+        return self.specials.index(token)
+
+
+VOCABULARIES = {
+    # every checkpoint's by default: the 512 ids of base.py, shared with the other families
+    "tiny": Vocabulary("tiny", VOCAB, tuple(SPECIAL_TOKENS)),
+    # another tokenizer, as the released InternVL2 sizes have (1B: Qwen2's, 2B/8B/26B: InternLM2's,
+    # 4B: Phi-3's, 40B: Yi's, 76B: Llama-3's): more ids, other merges, every special token elsewhere
+    "other": Vocabulary("other", 640, tuple(SPECIAL_TOKENS[6:] + SPECIAL_TOKENS[:6])),
+}
 
 # per language model: architecture, chat template, the real checkpoints it stands for
 LLMS = {
@@ -154,32 +180,36 @@ def _learn_merges(pieces: list[str], count: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer():
-    """The tiny tokenizer every checkpoint here shares (``VOCAB`` ids, byte-level BPE, BOS added)."""
+def build_tokenizer(vocabulary: str = "tiny"):
+    """A tiny byte-level BPE tokenizer that adds BOS (``VOCABULARIES``: ``tiny``, every checkpoint's by
+    default, or ``other``, a different one for pairs across tokenizers)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    layout = VOCABULARIES[vocabulary]
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab = {token: i for i, token in enumerate(layout.specials)}
     for char in _byte_alphabet():
         vocab[char] = len(vocab)
-    merges = _learn_merges([piece for piece, _ in pre.pre_tokenize_str(_CORPUS)], VOCAB - len(vocab))
+    merges = _learn_merges([piece for piece, _ in pre.pre_tokenize_str(_CORPUS)], layout.size - len(vocab))
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    reserved = [f"<|reserved_{i}|>" for i in range(VOCAB - len(vocab))]  # only if the corpus ran out of pairs
+    reserved = [f"<|reserved_{i}|>" for i in range(layout.size - len(vocab))]  # if the corpus ran out of pairs
     for token in reserved:
         vocab[token] = len(vocab)
-    assert len(vocab) == VOCAB, len(vocab)
+    assert len(vocab) == layout.size, len(vocab)
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", BOS)])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS + reserved])
+                                                       special_tokens=[("<s>", layout.id("<s>"))])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in list(layout.specials) + reserved])
+    image_tokens = [IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN]
+    others = [t for t in layout.specials if t not in ("<pad>", "<s>", "</s>", *image_tokens)]
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        additional_special_tokens=SPECIAL_TOKENS[3:] + reserved, padding_side="right", model_max_length=4096,
+        additional_special_tokens=image_tokens + others + reserved, padding_side="right", model_max_length=4096,
     )
 
 
@@ -197,16 +227,18 @@ def vision_config(size: TinySize, tile: int = TILE) -> dict:
     )
 
 
-def llm_config(llm: str, size: TinySize) -> dict:
+def llm_config(llm: str, size: TinySize, vocabulary: str = "tiny") -> dict:
     """The ``llm_config`` dict of a checkpoint's config.json for language model ``llm``."""
     architecture = LLMS[llm][0]
+    layout = VOCABULARIES[vocabulary]
     # initializer_range 0.1 (real checkpoints say 0.02; it only seeds random weights): with 0.02 the tiny
     # decoders pass so little context to the last position that answers hardly depend on the image
     config = dict(text_config(size), architectures=[architecture], hidden_act="silu", attn_implementation="eager",
-                  initializer_range=0.1,
+                  initializer_range=0.1, vocab_size=layout.size, bos_token_id=layout.id("<s>"),
+                  eos_token_id=layout.id("</s>"), pad_token_id=layout.id("<pad>"),
                   # like real checkpoints, never emit image markers as answer text (language_model.generate
                   # reads its generation config from this llm_config)
-                  suppress_tokens=[VISION_START, VISION_END, IMAGE])
+                  suppress_tokens=[layout.id(t) for t in (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN)])
     if llm == "internlm2":
         config.update(model_type="internlm2", bias=False, rope_theta=1000000, rms_norm_eps=1e-5,
                       rope_scaling={"type": "dynamic", "factor": 2.0},
@@ -228,12 +260,12 @@ def llm_config(llm: str, size: TinySize) -> dict:
     return config
 
 
-def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int = TILE):
+def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int = TILE, vocabulary: str = "tiny"):
     """An ``InternVLChatConfig`` (our code's class) as InternVL2's config.json has it."""
     from .internvl2_code.configuration_internvl_chat import InternVLChatConfig
 
     return InternVLChatConfig(
-        vision_config=vision_config(size, tile), llm_config=llm_config(llm, size), template=LLMS[llm][1],
+        vision_config=vision_config(size, tile), llm_config=llm_config(llm, size, vocabulary), template=LLMS[llm][1],
         downsample_ratio=DOWNSAMPLE, force_image_size=tile, select_layer=-1, ps_version="v2",
         dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=12,
         architectures=["InternVLChatModel"],
@@ -245,7 +277,7 @@ def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int 
 
 # -- checkpoints ------------------------------------------------------------------------------------
 def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE,
-                attn_implementation: str = "eager"):
+                attn_implementation: str = "eager", vocabulary: str = "tiny"):
     """A tiny random ``InternVLChatModel`` (our package's classes), float32, eval mode.
 
     ``attn_implementation``: the language model's attention, one of ``ATTENTION[llm]`` but
@@ -256,7 +288,7 @@ def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, t
     if attn_implementation not in ATTENTION[llm] or attn_implementation == "flash_attention_2":
         raise ValueError(f"build_model builds {llm} language models with attention in "
                          f"{[a for a in ATTENTION[llm] if a != 'flash_attention_2']}, not {attn_implementation!r}")
-    config = checkpoint_config(llm, size, tile)
+    config = checkpoint_config(llm, size, tile, vocabulary)
     # transformers' Qwen2/Llama read _attn_implementation when their layers are made (InternLM2 and
     # the Phi-3 code read the plain field InternVLChatModel.__init__ sets to eager here)
     config.llm_config._attn_implementation = attn_implementation
@@ -269,20 +301,23 @@ def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, t
     return model.eval()
 
 
-def save_checkpoint(directory, llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE) -> str:
+def save_checkpoint(directory, llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE,
+                    vocabulary: str = "tiny") -> str:
     """Write a checkpoint directory as the hub has InternVL2's: config.json with ``auto_map``, the model
-    code files, safetensors weights, a tokenizer and a generation config.  Returns the path."""
+    code files, safetensors weights, a tokenizer (``VOCABULARIES``) and a generation config.  Returns the path."""
     from transformers import GenerationConfig
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    build_model(llm, size, seed, tile).save_pretrained(directory)
+    build_model(llm, size, seed, tile, vocabulary=vocabulary).save_pretrained(directory)
     for source in sorted(CODE_DIR.glob("*.py")):
         if source.name != "__init__.py":
             shutil.copyfile(source, directory / source.name)
-    build_tokenizer().save_pretrained(directory)
-    end_of_turn = SPECIAL_TOKENS.index("<|end|>" if llm == "phi3" else "<|im_end|>")
-    GenerationConfig(bos_token_id=BOS, eos_token_id=[EOS, end_of_turn], pad_token_id=PAD).save_pretrained(directory)
+    build_tokenizer(vocabulary).save_pretrained(directory)
+    layout = VOCABULARIES[vocabulary]
+    end_of_turn = layout.id("<|end|>" if llm == "phi3" else "<|im_end|>")
+    GenerationConfig(bos_token_id=layout.id("<s>"), eos_token_id=[layout.id("</s>"), end_of_turn],
+                     pad_token_id=layout.id("<pad>")).save_pretrained(directory)
     with open(directory / "config.json") as f:  # auto_map must name the copied files, which it does
         assert "auto_map" in json.load(f)
     return os.fspath(directory)
@@ -363,7 +398,7 @@ def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0, pad
     as ``batch_chat`` does, so ``model.generate(**inputs(model, ...), max_new_tokens=...)`` runs.
     ``model`` may also be ``Prompting`` (what a checkpoint's prompts depend on, without its weights).
     """
-    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    tok = tokenizer if tokenizer is not None else build_tokenizer(vocabulary_of(model))
     model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     questions = list(questions) if questions is not None else default_questions(samples, seed)
     queries = [chat_query(model, n, q) for n, q in zip(samples, questions, strict=True)]
@@ -377,6 +412,15 @@ def inputs(model, samples, questions=None, *, tokenizer=None, seed: int = 0, pad
         pixels = torch.randn(tiles, 3, side, side, generator=torch.Generator().manual_seed(seed))
         batch["pixel_values"] = pixels.to(model.device, model.dtype)
     return batch
+
+
+def vocabulary_of(model) -> str:
+    """The ``VOCABULARIES`` entry a tiny model was built with (``Prompting``: the default)."""
+    language_model = getattr(model, "language_model", None)
+    if language_model is None:
+        return "tiny"
+    size = language_model.config.vocab_size
+    return next(name for name, layout in VOCABULARIES.items() if layout.size == size)
 
 
 class Prompting:
@@ -610,7 +654,8 @@ FAMILIES = {"internvl_chat": InternVLChatFamily()}
 
 __all__ = [
     "ATTENTION", "DOWNSAMPLE", "FAMILIES", "IMG_CONTEXT_TOKEN", "IMG_END_TOKEN", "IMG_START_TOKEN", "KINDS", "LARGE",
-    "LLMS", "PATCH", "SMALL", "SPECIAL_TOKENS", "TILE", "InternVLChatFamily", "Prompting", "bos_columns",
+    "LLMS", "PATCH", "SMALL", "SPECIAL_TOKENS", "TILE", "VOCABULARIES", "InternVLChatFamily", "Prompting",
+    "Vocabulary", "bos_columns", "vocabulary_of",
     "build_model", "build_tokenizer", "chat_query", "checkpoint_config", "default_attention", "default_questions",
     "inputs", "llm_config", "load", "load_tokenizer", "question_of", "save_checkpoint", "tokens_per_tile",
     "vision_config",
