@@ -31,6 +31,8 @@ class SGLConfig:
     retain: fraction of each sample's visual tokens kept from layer K on.
     exit_threshold: small-model early exit when its decision score reaches this; None disables.
     consistency_retain: fraction of visual tokens the small model keeps for its consistency score.
+    record_both: also run the large model on the samples that exit early, so each record holds
+        both answers (for calibrating the threshold offline); what generate returns is unchanged.
     """
 
     small_model: Any = None
@@ -38,6 +40,7 @@ class SGLConfig:
     retain: float = 0.05
     exit_threshold: float | None = None
     consistency_retain: float = 0.05
+    record_both: bool = False
     # option -> the ``SGL_*`` variable and raw text it was read from, so errors name the variable
     from_environment: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -47,6 +50,7 @@ class SGLConfig:
         "retain": "SGL_RETAIN",
         "exit_threshold": "SGL_EXIT_THRESHOLD",
         "consistency_retain": "SGL_CONSISTENCY_RETAIN",
+        "record_both": "SGL_RECORD_BOTH",
     }
 
     @classmethod
@@ -76,7 +80,8 @@ class SGLConfig:
                             ("retain", lambda: check_fraction("retain", self.retain)),
                             ("consistency_retain", lambda: check_fraction("consistency_retain",
                                                                           self.consistency_retain)),
-                            ("exit_threshold", lambda: _check_threshold(self.exit_threshold))):
+                            ("exit_threshold", lambda: _check_threshold(self.exit_threshold)),
+                            ("record_both", lambda: _check_bool("record_both", self.record_both))):
             try:
                 check()
             except (TypeError, ValueError) as error:
@@ -107,7 +112,8 @@ class SGLConfig:
     def describe(self) -> str:
         small = self.small_model if isinstance(self.small_model, str) else type(self.small_model).__name__
         return (f"small_model={small}, layer={self.layer}, retain={self.retain}, "
-                f"exit_threshold={self.exit_threshold}, consistency_retain={self.consistency_retain}")
+                f"exit_threshold={self.exit_threshold}, consistency_retain={self.consistency_retain}, "
+                f"record_both={self.record_both}")
 
 
 def _check_layer(layer, num_layers: int | None) -> None:
@@ -134,16 +140,26 @@ def _check_threshold(threshold) -> None:
                          f"or None to disable early exit, got {threshold!r}")
 
 
-def disabled(environ=None) -> bool:
-    """``SGL_DISABLE`` as a boolean (1/0, true/false, yes/no, on/off; unset or empty is false)."""
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def env_flag(var: str, environ=None) -> bool:
+    """A boolean variable (1/0, true/false, yes/no, on/off; unset or empty is false)."""
     environ = os.environ if environ is None else environ
-    raw = environ.get("SGL_DISABLE", "")
+    raw = environ.get(var, "")
     text = raw.strip().lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"SGL_DISABLE={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+    raise ValueError(f"{var}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+
+
+def disabled(environ=None) -> bool:
+    """``SGL_DISABLE`` as a boolean: set, ``apply`` and the start-up hook do nothing."""
+    return env_flag("SGL_DISABLE", environ)
 
 
 def _parse(name: str, var: str, raw: str):
@@ -153,12 +169,16 @@ def _parse(name: str, var: str, raw: str):
             if not text:
                 raise ValueError
             return text
+        if name == "record_both":
+            return env_flag(var, {var: raw})
         if name == "exit_threshold" and text.lower() in {"", "none", "off"}:
             return None
         if name == "layer":
             return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
         return float(text)
     except ValueError:
+        if name == "record_both":
+            raise
         expected = {
             "small_model": "a local path or hub id of the small model",
             "layer": "an int layer index (e.g. 2) or a fraction of the depth (e.g. 0.1)",

@@ -7,6 +7,7 @@ samples that did not exit -> results merged back in input order, padded as ``gen
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +18,7 @@ from .capture import generate_with_importance
 from .config import SGLConfig
 from .exit import consistency, decision_scores
 from .prune import count_mismatch_message, pruned
-from .records import StatsLog
+from .records import StatsLog, answer_text, current_sample_keys, prompt_text
 
 logger = logging.getLogger("sgl_patch")
 
@@ -41,6 +42,12 @@ class Applied:
     warned: set = field(default_factory=set)
     # the small model's own tokenizer when it differs from the large one's (see prompt_both)
     small_tokenizer: object = None
+    # the large model's tokenizer, when known: records then carry the prompt and answers as text
+    tokenizer: object = None
+    # a small model loaded by apply (from a path) follows the large one when it is moved or cast
+    # after apply (eval scripts call .cuda() / .half() on the model they loaded)
+    follows_large: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
@@ -91,6 +98,9 @@ def prompt_both(model, adapter, applied: Applied, wrapped, args, kwargs):
     its own call is pruned by that importance.
     """
     call = model_state.bind_arguments(wrapped, args, kwargs)
+    if applied.small_tokenizer is None:  # one tokenizer: the small model reads the large one's ids
+        with model_state.calling(model, guidance=Guidance(None, call.get("tokenizer"))):
+            return wrapped(*args, **kwargs)
     if all(call.get(key) is None for key in adapter.item_keys):  # text only: nothing to prune
         return wrapped(*args, **kwargs)
     small = applied.small_model
@@ -119,9 +129,8 @@ def guide(small, adapter, guidance: Guidance, wrapped, args, kwargs):
     imp = guidance.importance = generate_with_importance(small, wrapped, inputs, settings, with_confidence=exits)
     if exits:  # decided by the large model's generate, which knows whether the call may exit
         guidance.exit_scores = decision_scores(imp, consistency(small, adapter, imp, inputs, guidance.exit_retain))
-        answers = imp.sequences[:, imp.prompt_length:]
-        guidance.answers = [guidance.small_tokenizer.decode(row[mask].tolist(), skip_special_tokens=True)
-                            for row, mask in zip(answers, imp.answer_mask)]
+    guidance.answers = [answer_text(guidance.small_tokenizer, row, imp.answer_mask[i])
+                        for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
     if settings.get("return_dict_in_generate"):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -159,7 +168,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
         return out
 
     config = applied.config
-    small = applied.small_model
+    small = _follow_large(applied, model)
     n_return = settings.get("num_return_sequences", generation_config.num_return_sequences) or 1
     batch = input_ids.shape[0]
 
@@ -208,9 +217,11 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
             exited = exit_scores >= config.exit_threshold
     small_seconds = time.perf_counter() - started + (guidance.seconds if guidance is not None else 0.0)
 
-    # 2. large model, pruned, on the samples that did not exit
+    # 2. large model, pruned, on the samples that did not exit (on all of them with record_both:
+    # the exited ones still return the small model's answer)
     started = time.perf_counter()
-    remaining = (~exited).nonzero().squeeze(1)
+    ran_large = torch.ones_like(exited) if config.record_both else ~exited
+    remaining = ran_large.nonzero().squeeze(1)
     large_out, kept = None, {}
     if remaining.numel():
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
@@ -227,21 +238,25 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
     if remaining.numel() and not kept and bool(visual.any(1)[remaining.to(visual.device)].any()):
         applied.warn_once("unpruned", "sgl_patch: generate never ran a forward over the prompt, so "
                                       "nothing was pruned; records show n_kept=None")
+    texts = _texts(applied, guidance, inputs, visual, imp, large_out, remaining, batch)
+    keys = current_sample_keys(batch)
     for i in range(batch):
         score = None if exit_scores is None or n_visual[i] == 0 else float(exit_scores[i])
-        # n_kept: what the applied pruning plan kept; None: not pruned (exited, or no plan applied)
-        n_kept = kept.get(i, 0 if n_visual[i] == 0 and not exited[i] else None)
+        # n_kept: what the applied pruning plan kept for the answer returned; None: not pruned
+        # (exited, or no plan applied)
+        n_kept = None if exited[i] else kept.get(i, 0 if n_visual[i] == 0 else None)
         records.append(_record(int(n_visual[i]), n_kept, applied.layer, bool(exited[i]), score,
-                               small_seconds, 0.0 if exited[i] else large_seconds, batch))
+                               small_seconds, large_seconds if ran_large[i] else 0.0, batch,
+                               key=keys[i], **texts[i]))
     applied.stats.add(records)
     if not exited.any():
         return large_out
-    if guidance is not None:
+    if guidance is not None and applied.small_tokenizer is not None:
         imp = _in_large_tokens(imp, guidance, settings, generation_config)
     streamer = settings.get("streamer")
     if streamer is not None and exited.all():
         _replay_to_streamer(streamer, imp)
-    return _merge(settings, generation_config, imp, exited, large_out, applied)
+    return _merge(settings, generation_config, imp, exited, large_out, applied, ran_large)
 
 
 def _guided_importance(model, adapter, guidance: Guidance | None, batch: int):
@@ -289,9 +304,52 @@ def _kept_per_sample(plan, samples: torch.Tensor) -> dict[int, int]:
     return {int(s): int(plan.n_kept[j * repeat]) for j, s in enumerate(samples.tolist())}
 
 
-def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1) -> dict:
+def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1, key=None, prompt=None,
+            small_answer=None, large_answer=None) -> dict:
     return {"n_visual": n_visual, "n_kept": n_kept, "layer": layer, "exited": exited,
-            "exit_score": score, "small_seconds": small_s, "large_seconds": large_s, "batch_size": batch}
+            "exit_score": score, "small_seconds": small_s, "large_seconds": large_s, "batch_size": batch,
+            "key": key, "prompt": prompt, "small_answer": small_answer, "large_answer": large_answer}
+
+
+def _follow_large(applied: Applied, model):
+    """The small model, on the large model's device and dtype if apply loaded it (see Applied)."""
+    small = applied.small_model
+    if applied.follows_large and (small.device != model.device or small.dtype != model.dtype):
+        with applied.lock:
+            if small.device != model.device or small.dtype != model.dtype:
+                small.to(device=model.device, dtype=model.dtype)
+    return small
+
+
+def _texts(applied: Applied, guidance, inputs, visual, imp, large_out, large_rows, batch) -> list[dict]:
+    """Per sample, the prompt and both answers as text, where a tokenizer is at hand (else None)."""
+    tokenizer = applied.tokenizer or (guidance.large_tokenizer if guidance is not None else None)
+    small_tokenizer = applied.small_tokenizer or tokenizer
+    out = [{} for _ in range(batch)]
+    if tokenizer is None:
+        return out
+    input_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    for i in range(batch):
+        keep = ~visual[i] if mask is None else mask[i].bool() & ~visual[i]
+        out[i]["prompt"] = prompt_text(tokenizer, input_ids[i][keep])
+    if guidance is not None and guidance.answers is not None:
+        small_answers = guidance.answers
+    elif small_tokenizer is not None:
+        small_answers = [answer_text(small_tokenizer, row, imp.answer_mask[i])
+                         for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
+    for i in range(batch):
+        out[i]["small_answer"] = small_answers[i]
+    if large_out is not None:
+        sequences = large_out.sequences if hasattr(large_out, "sequences") else large_out
+        per_sample = sequences.shape[0] // max(large_rows.numel(), 1)  # beams / return sequences
+        width = input_ids.shape[1]
+        for j, i in enumerate(large_rows.tolist()):
+            row = sequences[j * per_sample]
+            # generate returns the prompt first where it is fed input_ids, nothing (or a start
+            # token) where the model feeds its language model embeddings
+            starts_with_prompt = row.shape[0] >= width and torch.equal(row[:width].cpu(), input_ids[i].cpu())
+            out[i]["large_answer"] = answer_text(tokenizer, row[width:] if starts_with_prompt else row)
+    return out
 
 
 def _replay_to_streamer(streamer, imp) -> None:
@@ -303,8 +361,9 @@ def _replay_to_streamer(streamer, imp) -> None:
     streamer.end()
 
 
-def _merge(settings, generation_config, imp, exited, large_out, applied):
-    """Exited samples' small-model answers and the others' large-model output, in input order."""
+def _merge(settings, generation_config, imp, exited, large_out, applied, ran_large):
+    """Exited samples' small-model answers and the others' large-model output, in input order
+    (``ran_large``: the rows ``large_out`` holds, in order)."""
     return_dict = settings.get("return_dict_in_generate", generation_config.return_dict_in_generate)
     pad = settings.get("pad_token_id", generation_config.pad_token_id)
     if pad is None:
@@ -314,14 +373,14 @@ def _merge(settings, generation_config, imp, exited, large_out, applied):
     if large_out is not None:
         large_sequences = large_out.sequences if hasattr(large_out, "sequences") else large_out
     device = large_sequences.device if large_sequences is not None else imp.sequences.device
-    rows, large_row = [], 0
+    rows = []
+    large_row = (ran_large.long().cumsum(0) - 1).tolist()
     small_answers = torch.where(imp.answer_mask, imp.sequences[:, imp.prompt_length:], pad)
     for i in range(exited.shape[0]):
         if exited[i]:
             rows.append(torch.cat([imp.sequences[i, :imp.prompt_length], small_answers[i]]).to(device))
         else:
-            rows.append(large_sequences[large_row].to(device))
-            large_row += 1
+            rows.append(large_sequences[large_row[i]].to(device))
     width = max(r.shape[0] for r in rows)
     sequences = torch.full((len(rows), width), int(pad), dtype=rows[0].dtype, device=device)
     for i, r in enumerate(rows):

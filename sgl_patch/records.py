@@ -1,10 +1,18 @@
-"""Per-sample records of what SGL did, kept on the model and optionally appended to a JSON-lines file."""
+"""Per-sample records of what SGL did, kept on the model and optionally appended to a JSON-lines file.
+
+A record: ``n_visual``, ``n_kept``, ``layer``, ``exited``, ``exit_score``, ``small_seconds``,
+``large_seconds``, ``batch_size`` (the seconds are the whole batch's), ``key`` (the caller's, from
+``sample_keys``), and where a tokenizer is at hand ``prompt`` (its text without visual tokens),
+``small_answer``, ``large_answer`` (None when the large model did not run on the sample).
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
+from contextlib import contextmanager
 
 STATS_FILE_ENV = "SGL_STATS_FILE"
 _file_lock = threading.Lock()
@@ -42,3 +50,36 @@ class StatsLog:
             with _file_lock, open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
+
+
+_sample_keys: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("sgl_sample_keys", default=None)
+
+
+@contextmanager
+def sample_keys(keys):
+    """Label the records of the ``generate`` calls in the body with the caller's keys, one per
+    sample in batch order (question ids, say), so records can be joined with ground truth."""
+    token = _sample_keys.set(tuple(keys))
+    try:
+        yield
+    finally:
+        _sample_keys.reset(token)
+
+
+def current_sample_keys(batch: int) -> list:
+    """The keys ``sample_keys`` set for a batch of ``batch`` samples (None each where unset, or
+    where their number does not match the call's)."""
+    keys = _sample_keys.get()
+    return list(keys) if keys is not None and len(keys) == batch else [None] * batch
+
+
+def prompt_text(tokenizer, ids) -> str:
+    """The prompt as text: special tokens and placeholders (negative ids, llava's -200) dropped."""
+    ids = [int(i) for i in ids.tolist() if i >= 0]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def answer_text(tokenizer, new_tokens, valid=None) -> str:
+    """Generated tokens as text, up to the end token (``valid``: which count), special tokens dropped."""
+    ids = new_tokens[valid] if valid is not None else new_tokens
+    return tokenizer.decode([int(i) for i in ids.tolist() if i >= 0], skip_special_tokens=True).strip()

@@ -105,10 +105,17 @@ def test_disable_accepts_the_usual_boolean_spellings(saved_models, value, is_dis
     assert len(result["stats"]) == (0 if is_disabled else 2)
 
 
-def test_stats_file_in_a_missing_directory_fails_at_apply(saved_models, tmp_path):
+def test_stats_file_in_a_missing_directory_fails_before_any_work(saved_models, tmp_path, monkeypatch):
     paths = saved_models["qwen2_vl"]
     target = tmp_path / "no-such-dir" / "stats.jsonl"
     done = run({"SGL_SMALL_MODEL": paths["small"], "SGL_STATS_FILE": str(target)}, paths["large"])
-    assert done.returncode != 0 and done.stdout == ""
+    # the start-up hook checks the variables before the script runs at all
+    assert done.returncode == 2 and done.stdout == ""
     assert f"SGL_STATS_FILE={target} cannot be written" in done.stderr
-    assert "in apply" in done.stderr  # raised by sgl_patch.apply, before any generation
+    # and apply checks it again where the variable is set later (or the package is not installed)
+    import sgl_patch
+    from conftest import load
+
+    monkeypatch.setenv("SGL_STATS_FILE", str(target))
+    with pytest.raises(ValueError, match=f"SGL_STATS_FILE={target} cannot be written"):
+        sgl_patch.apply(load(paths["large"]), small_model=load(paths["small"]))
