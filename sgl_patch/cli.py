@@ -122,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     bench.add_argument("-v", "--verbose", action="store_true", help="log what sgl_patch does")
     bench.set_defaults(run=_bench)
+
+    from . import calibrate
+
+    calibrate.add_parser(commands)  # sgl-patch calibrate: its options and run live in calibrate.py
     parser.set_defaults(verbose=False)
     return parser
 
