@@ -129,7 +129,9 @@ def _load_small(large, small):
     if isinstance(small, str):
         logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
         loaded = adapter_for(large).load_small(large, small)
-        return loaded.to(large.device).eval()
+        from .state import execution_device
+
+        return loaded.to(execution_device(large)).eval()
     if not isinstance(small, torch.nn.Module):
         raise TypeError(f"small_model must be a model or a local path / hub id, got {type(small).__name__}")
     return small

@@ -314,10 +314,13 @@ def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1, k
 def _follow_large(applied: Applied, model):
     """The small model, on the large model's device and dtype if apply loaded it (see Applied)."""
     small = applied.small_model
-    if applied.follows_large and (small.device != model.device or small.dtype != model.dtype):
+    if not applied.follows_large:
+        return small
+    device = model_state.execution_device(model)
+    if small.device != device or small.dtype != model.dtype:
         with applied.lock:
-            if small.device != model.device or small.dtype != model.dtype:
-                small.to(device=model.device, dtype=model.dtype)
+            if small.device != device or small.dtype != model.dtype:
+                small.to(device=device, dtype=model.dtype)
     return small
 
 

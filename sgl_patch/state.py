@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import wrapt
+
 from . import patching
 from .compat import LEGACY, sliced_rotary_table
 from .adapters import Adapter, adapter_for
@@ -191,6 +193,15 @@ def detach_if_idle(model) -> None:
         state.release()
 
 
+def execution_device(model):
+    """Where ``model`` computes: accelerate's execution device when its first weights are offloaded
+    (``model.device`` is then ``meta``), else ``model.device``."""
+    import torch
+
+    device = getattr(model.__dict__.get("_hf_hook"), "execution_device", None)
+    return model.device if device is None else torch.device(device)
+
+
 def _route_device_hook(module, wrapper):
     """Send accelerate's device hooks (``device_map=...`` over several devices) through our wrapper.
 
@@ -199,6 +210,10 @@ def _route_device_hook(module, wrapper):
     """
     old = module.__dict__.get("_old_forward")
     if old is None:
+        return None
+    if isinstance(old, wrapt.BoundFunctionWrapper) and old._self_wrapper is wrapper:
+        # dispatched while its class was wrapped (another model of the class was patched then):
+        # the hook already calls our class wrapper, which routing would run a second time
         return None
 
     def routed(*args, **kwargs):

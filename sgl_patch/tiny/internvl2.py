@@ -314,6 +314,12 @@ def save_checkpoint(directory, llm: str = "internlm2", size: TinySize = SMALL, s
         if source.name != "__init__.py":
             shutil.copyfile(source, directory / source.name)
     build_tokenizer(vocabulary).save_pretrained(directory)
+    # transformers 4.49 saves a fast tokenizer's class without "Fast" (4.37.2 keeps it); with that,
+    # AutoTokenizer(use_fast=False), which InternVL's eval scripts call, builds the abstract base
+    tokenizer_config = directory / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config.write_text(json.dumps(settings, indent=2))
     layout = VOCABULARIES[vocabulary]
     end_of_turn = layout.id("<|end|>" if llm == "phi3" else "<|im_end|>")
     GenerationConfig(bos_token_id=layout.id("<s>"), eos_token_id=[layout.id("</s>"), end_of_turn],
