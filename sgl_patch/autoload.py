@@ -34,6 +34,7 @@ import difflib
 import os
 import re
 import sys
+from contextlib import contextmanager
 
 # name -> (default, what it is); the README's table of variables says the same
 VARIABLES = {
@@ -134,30 +135,32 @@ def _hook_llava(module) -> None:
     wrapt.wrap_function_wrapper(module, "load_pretrained_model", _load_pretrained_model)
 
 
+@contextmanager
+def _loading_inside():
+    """Loads in the body are nested ones (or the small model's): never patched themselves."""
+    token = _loading.set(_loading.get() + 1)
+    try:
+        yield
+    finally:
+        _loading.reset(token)
+
+
 def _from_pretrained(wrapped, cls, args, kwargs):
     if _loading.get():
         return wrapped(*args, **kwargs)
-    token = _loading.set(1)
-    try:
+    with _loading_inside():
         model = wrapped(*args, **kwargs)
-    finally:
-        _loading.reset(token)
-    source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-    _patch(model, source)
+    _patch(model, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
     return model
 
 
 def _load_pretrained_model(wrapped, instance, args, kwargs):
     if _loading.get():
         return wrapped(*args, **kwargs)
-    token = _loading.set(1)
-    try:
+    with _loading_inside():
         result = wrapped(*args, **kwargs)
-    finally:
-        _loading.reset(token)
-    tokenizer, model = result[0], result[1]
-    source = args[0] if args else kwargs.get("model_path")
-    _patch(model, source, tokenizer=tokenizer)
+    tokenizer, model = result[0], result[1]  # (tokenizer, model, image_processor, context_len)
+    _patch(model, args[0] if args else kwargs.get("model_path"), tokenizer=tokenizer)
     return result
 
 
@@ -185,13 +188,11 @@ def _patch(model, source, tokenizer=None) -> None:
         return
     if tokenizer is None and os.environ.get("SGL_STATS_FILE"):
         tokenizer = _tokenizer_of(source)
-    token = _loading.set(1)  # apply loads the small model through the same loaders
     try:
-        sgl_patch.apply(model, small_model=os.path.expanduser(small), tokenizer=tokenizer)
+        with _loading_inside():  # apply loads the small model through the same loaders
+            sgl_patch.apply(model, small_model=os.path.expanduser(small), tokenizer=tokenizer)
     except (TypeError, ValueError, OSError) as error:
         _fail(f"cannot guide {type(model).__name__} (loaded from {source}) with SGL_SMALL_MODEL={small}: {error}")
-    finally:
-        _loading.reset(token)
     print(f"sgl_patch: {type(model).__name__} from {source} is guided by {small}", file=sys.stderr, flush=True)
 
 
