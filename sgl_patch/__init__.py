@@ -19,12 +19,17 @@ __all__ = ["apply", "remove", "stats", "importance", "pruned", "Importance", "SG
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from . import api
+    import importlib
 
-        value = getattr(api, name)
+    if name in __all__:
+        value = getattr(importlib.import_module(".api", __name__), name)
         globals()[name] = value
         return value
+    try:  # submodules (sgl_patch.adapters, ...), as an eager package would have them
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'sgl_patch' has no attribute {name!r}")
 
 

@@ -128,8 +128,11 @@ def stats(model) -> list[dict]:
 def _load_small(large, small):
     if isinstance(small, str):
         logger.info("sgl_patch: loading small model %s with %s", small, type(large).__name__)
-        loaded = adapter_for(large).load_small(large, small)
+        from .autoload import loading_inside
         from .state import execution_device
+
+        with loading_inside():  # a small model is never patched by the start-up hook
+            loaded = adapter_for(large).load_small(large, small)
 
         return loaded.to(execution_device(large)).eval()
     if not isinstance(small, torch.nn.Module):

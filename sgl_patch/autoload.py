@@ -62,6 +62,9 @@ def start() -> None:
     except (TypeError, ValueError) as error:
         _fail(str(error))
     if enabled:
+        small = os.path.expanduser(os.environ["SGL_SMALL_MODEL"].strip())
+        if os.path.isdir(small):  # a relative path means the directory it named at start-up
+            os.environ["SGL_SMALL_MODEL"] = os.path.abspath(small)
         install()
 
 
@@ -95,9 +98,11 @@ def check_environment(environ) -> bool:
         return False
     small = environ.get("SGL_SMALL_MODEL", "").strip()
     if not small:
+        # the variables still serve as defaults of a script's own sgl_patch.apply(small_model=...)
         given = ", ".join(sorted(k for k in environ if k in VARIABLES))
-        raise ValueError(f"SGL_SMALL_MODEL is not set ({given} set): name the small model's directory or "
-                         "hub id, or set SGL_DISABLE=1 for the baseline")
+        print(f"sgl_patch: {given} set without SGL_SMALL_MODEL: loaded models are not patched (set "
+              "SGL_SMALL_MODEL to guide them)", file=sys.stderr, flush=True)
+        return False
     _check_small_model(small)
     return True
 
@@ -136,7 +141,7 @@ def _hook_llava(module) -> None:
 
 
 @contextmanager
-def _loading_inside():
+def loading_inside():
     """Loads in the body are nested ones (or the small model's): never patched themselves."""
     token = _loading.set(_loading.get() + 1)
     try:
@@ -148,16 +153,17 @@ def _loading_inside():
 def _from_pretrained(wrapped, cls, args, kwargs):
     if _loading.get():
         return wrapped(*args, **kwargs)
-    with _loading_inside():
-        model = wrapped(*args, **kwargs)
-    _patch(model, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
-    return model
+    with loading_inside():
+        loaded = wrapped(*args, **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
+    _patch(model, args[0] if args else kwargs.get("pretrained_model_name_or_path"), load_kwargs=kwargs)
+    return loaded
 
 
 def _load_pretrained_model(wrapped, instance, args, kwargs):
     if _loading.get():
         return wrapped(*args, **kwargs)
-    with _loading_inside():
+    with loading_inside():
         result = wrapped(*args, **kwargs)
     tokenizer, model = result[0], result[1]  # (tokenizer, model, image_processor, context_len)
     _patch(model, args[0] if args else kwargs.get("model_path"), tokenizer=tokenizer)
@@ -171,7 +177,7 @@ def _same_source(a, b) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
-def _patch(model, source, tokenizer=None) -> None:
+def _patch(model, source, tokenizer=None, load_kwargs=None) -> None:
     import sgl_patch
     from .adapters import adapter_for
 
@@ -187,21 +193,28 @@ def _patch(model, source, tokenizer=None) -> None:
             print(f"sgl_patch: {name} left unpatched: {error}", file=sys.stderr, flush=True)
         return
     if tokenizer is None and os.environ.get("SGL_STATS_FILE"):
-        tokenizer = _tokenizer_of(source)
+        tokenizer = _tokenizer_of(source, load_kwargs or {})
     try:
-        with _loading_inside():  # apply loads the small model through the same loaders
+        with loading_inside():  # apply loads the small model through the same loaders
             sgl_patch.apply(model, small_model=os.path.expanduser(small), tokenizer=tokenizer)
-    except (TypeError, ValueError, OSError) as error:
-        _fail(f"cannot guide {type(model).__name__} (loaded from {source}) with SGL_SMALL_MODEL={small}: {error}")
+    except Exception as error:  # noqa: BLE001 - any failure: the harness would swallow it and run the baseline
+        _fail(f"cannot guide {type(model).__name__} (loaded from {source}) with SGL_SMALL_MODEL={small}: "
+              f"{type(error).__name__}: {error}")
     print(f"sgl_patch: {type(model).__name__} from {source} is guided by {small}", file=sys.stderr, flush=True)
 
 
-def _tokenizer_of(source):
-    """The large model's tokenizer, for the answer texts of the stats file (None if it has none)."""
+# what a model load says about where its files come from, which its tokenizer's load repeats
+_SOURCE_KWARGS = ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only", "subfolder")
+
+
+def _tokenizer_of(source, load_kwargs: dict):
+    """The large model's tokenizer, for the answer texts of the stats file (None if it has none);
+    loaded on the model load's own terms (remote code only where the script trusted it)."""
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, **{k: load_kwargs[k] for k in _SOURCE_KWARGS
+                                                             if k in load_kwargs})
     except Exception:  # noqa: BLE001 - texts are optional; records then hold None
         return None
     # a directory without tokenizer files still gives a tokenizer, of an empty vocabulary

@@ -107,6 +107,9 @@ def prompt_both(model, adapter, applied: Applied, wrapped, args, kwargs):
     small_call = _on(small.device, {**call, "tokenizer": applied.small_tokenizer})
     if "verbose" in small_call:  # the caller asked to see the large model's prompt
         small_call["verbose"] = False
+    for name in ("history", "generation_config"):  # chat appends to / sets keys of the caller's own
+        if isinstance(small_call.get(name), (list, dict)):
+            small_call[name] = type(small_call[name])(small_call[name])
     config = applied.config
     guidance = Guidance(applied.small_tokenizer, call.get("tokenizer"),
                         config.consistency_retain if config.exit_threshold is not None else None)
@@ -227,9 +230,12 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
         sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
+        large_settings = settings
+        if exited.any():  # record_both: the large answers of exited samples are not what generate returns
+            large_settings = {k: v for k, v in settings.items() if k != "streamer"}
         with pruned(model, sub_imp, layer=applied.layer, retain=config.retain,
                     prompt_ids=sub_inputs["input_ids"]) as run:
-            large_out = wrapped(**adapter.generate_arguments(sub_inputs), **settings)
+            large_out = wrapped(**adapter.generate_arguments(sub_inputs), **large_settings)
         kept = _kept_per_sample(run.prompt_plan, remaining)
     large_seconds = time.perf_counter() - started
 

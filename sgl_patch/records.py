@@ -31,7 +31,8 @@ class StatsLog:
         from_env = path is None
         if from_env:
             path = os.environ.get(STATS_FILE_ENV) or None
-        self.path = path
+        # a relative path means the file checked here, whatever directory the script moves to later
+        self.path = os.path.abspath(path) if path else None
         if self.path:
             try:
                 with open(self.path, "a", encoding="utf-8"):
@@ -59,7 +60,8 @@ _sample_keys: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("sgl
 def sample_keys(keys):
     """Label the records of the ``generate`` calls in the body with the caller's keys, one per
     sample in batch order (question ids, say), so records can be joined with ground truth."""
-    token = _sample_keys.set(tuple(keys))
+    # a DataLoader collates ids into a tensor: keep plain Python values, which JSON can write
+    token = _sample_keys.set(tuple(key.item() if getattr(key, "ndim", None) == 0 else key for key in keys))
     try:
         yield
     finally:

@@ -104,16 +104,19 @@ def test_the_pth_file_is_installed_and_does_nothing_without_sgl_variables():
     ({"SGL_SMALL_MODEL": "./no-such-model"}, "SGL_SMALL_MODEL=./no-such-model is not a directory"),
     ({"SGL_SMALL_MODEL": "not a model id"}, "SGL_SMALL_MODEL='not a model id' is neither a directory nor a hub id"),
     ({"SGL_RETIAN": "0.5"}, "SGL_RETIAN is not an sgl_patch variable: did you mean SGL_RETAIN?"),
-    ({"SGL_RETAIN": "0.5"}, "SGL_SMALL_MODEL is not set (SGL_RETAIN set)"),
 ], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
 def test_a_bad_variable_stops_the_command_before_it_does_anything(saved, variables, named):
     variables = {"SGL_SMALL_MODEL": saved["small"], **variables}
-    if "SGL_SMALL_MODEL is not set" in named:
-        variables.pop("SGL_SMALL_MODEL")
     result = _run(["-c", "print('the script ran')"], **variables)
     assert result.returncode == 2
     assert result.stdout == ""
     assert named in result.stderr and result.stderr.startswith("sgl_patch: ")
+
+
+def test_options_without_a_small_model_patch_nothing_and_say_so(saved):
+    out, stderr = _script(saved, SGL_RETAIN="0.5", SGL_LAYER="1")
+    assert out["patched"] == {"large": False}
+    assert "SGL_LAYER, SGL_RETAIN set without SGL_SMALL_MODEL: loaded models are not patched" in stderr
 
 
 def test_every_variable_is_in_the_readme_table():
