@@ -1,9 +1,11 @@
 # make demo: run the SGL demo on tiny built-in models (CPU, seconds), in .venv (transformers 5.23)
-# make test: run the whole test suite in each of the three environments below, one after another;
+# make test: run the test suite in each of the four environments below, one after another;
 #            it fails if any run fails (a pytest exit code 5, nothing collected, included)
 #   make test-5.23  .venv       requirements-test.txt (CPU torch 2.13.0, transformers 5.23.0): native classes
 #   make test-4.49  .venv-4.49  requirements/legacy-4.49.txt (torch 2.14.1, transformers 4.49.0)
 #   make test-4.37  .venv-4.37  requirements/legacy-4.37.txt (torch 2.14.1, transformers 4.37.2)
+#   make test-lmms  .venv-lmms  requirements/lmms-5.23.txt (lmms-eval 0.7.3, torch 2.14.1 + torchvision,
+#                               transformers 5.23.0): tests/lmms only, lmms-eval's CLI with and without SGL
 # The legacy environments run the original codebases (InternVL2's own model code, the llava
 # package); each test run skips the modules meant for the other line, with the reason.
 # Every environment is built from exact pins before the package itself (a stamp file per venv).
@@ -14,8 +16,9 @@ BIN := $(VENV)/bin
 LEGACY := 4.49 4.37
 # the llava package's own pins (transformers 4.37.2, torch 2.1.2, ...) would replace ours: no deps
 LLAVA_TORCH := llava-torch==1.2.2.post1
+LMMS := .venv-lmms
 
-.PHONY: demo test test-5.23 $(addprefix test-,$(LEGACY)) clean
+.PHONY: demo test test-5.23 test-lmms $(addprefix test-,$(LEGACY)) clean
 
 demo: $(VENV)/.installed
 	$(BIN)/sgl-patch demo
@@ -23,21 +26,21 @@ demo: $(VENV)/.installed
 # The environments are built side by side first (downloads and unpacking overlap; one that fails
 # to build is tried again, and reported, by its test target).  Then every environment runs its
 # tests, even when an earlier one fails, so one CI run reports them all.
-ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed)
+ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed) $(LMMS)/.installed
 SUBMAKE = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST))
 
 test:
 	@start=$$(date +%s); \
-	$(SUBMAKE) -j3 --output-sync=target $(ENV_STAMPS) || echo "make test: an environment failed to build"; \
+	$(SUBMAKE) -j4 --output-sync=target $(ENV_STAMPS) || echo "make test: an environment failed to build"; \
 	echo "make test: environments ready in $$(( $$(date +%s) - start )) s"; \
 	failed=""; \
-	for env in 5.23 $(LEGACY); do \
+	for env in 5.23 $(LEGACY) lmms; do \
 		start=$$(date +%s); \
 		$(SUBMAKE) test-$$env || failed="$$failed test-$$env"; \
 		echo "make test-$$env: $$(( $$(date +%s) - start )) s"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
-	echo "make test: passed in every environment (5.23 $(LEGACY))"
+	echo "make test: passed in every environment (5.23 $(LEGACY) lmms)"
 
 test-5.23: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
@@ -46,6 +49,17 @@ $(VENV)/.installed: requirements-test.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements-test.txt
 	$(BIN)/python -m pip install -e .
+	touch $@
+
+# lmms-eval's environment runs tests/lmms only (the rest of the suite is test-5.23's, on the same
+# transformers); an explicit rule, so the legacy pattern rule below does not match it
+test-lmms: $(LMMS)/.installed
+	$(LMMS)/bin/python -m pytest -q tests/lmms
+
+$(LMMS)/.installed: requirements/lmms-5.23.txt pyproject.toml setup.py
+	test -x $(LMMS)/bin/python || $(PYTHON) -m venv $(LMMS)
+	$(LMMS)/bin/python -m pip install -r requirements/lmms-5.23.txt
+	$(LMMS)/bin/python -m pip install --no-deps -e .
 	touch $@
 
 $(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
@@ -60,4 +74,4 @@ $(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(addprefix .venv-,$(LEGACY)) build *.egg-info
+	rm -rf $(VENV) $(addprefix .venv-,$(LEGACY)) $(LMMS) build *.egg-info
