@@ -216,18 +216,24 @@ def _route_device_hook(module, wrapper):
         # the hook already calls our class wrapper, which routing would run a second time
         return None
 
-    def routed(*args, **kwargs):
-        return wrapper(old, module, args, kwargs)
+    module_ref = weakref.ref(module)
 
+    def routed(*args, **kwargs):
+        return wrapper(old, module_ref(), args, kwargs)
+
+    # what undoing puts back rides on the function the module holds: the finalizer that undoes it
+    # keeps only a weak reference (a strong one would keep a dropped model alive, and its class wrapped)
+    routed.sgl_routed_from = old
     module._old_forward = routed
-    return weakref.ref(module), old, routed
+    return module_ref
 
 
 def _unwrap_all(wrapped, routed) -> None:
-    for module_ref, old, ours in routed:
+    for module_ref in routed:
         module = module_ref()
-        if module is not None and module.__dict__.get("_old_forward") is ours:
-            module._old_forward = old
+        ours = module.__dict__.get("_old_forward") if module is not None else None
+        if getattr(ours, "sgl_routed_from", None) is not None:
+            module._old_forward = ours.sgl_routed_from
     for cls, name in wrapped:
         patching.unwrap_method(cls, name)
 

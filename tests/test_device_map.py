@@ -142,3 +142,20 @@ def test_small_model_path_when_the_large_models_first_weights_are_offloaded(save
     sgl_patch.apply(plain, small_model=paths["small"], layer=LAYER, retain=0.25)
     sgl_patch.apply(large, small_model=paths["small"], layer=LAYER, retain=0.25)
     assert torch.equal(large.generate(**batch, max_new_tokens=5), plain.generate(**batch, max_new_tokens=5))
+
+
+def test_a_dropped_offloaded_model_releases_its_class(saved_models, family, tmp_path):
+    """The finalizer that undoes the routing holds the hooked modules weakly: a patched model dropped
+    without remove() is collected, and its class wrappers go with it."""
+    import gc
+
+    from sgl_patch import patching
+
+    large = _offloaded(saved_models[family]["large"], tmp_path / "offload")
+    cls = type(large)
+    gc.collect()
+    sgl_patch.apply(large, small_model=load(saved_models[family]["small"]))
+    assert patching.is_wrapped(cls, "generate")
+    del large
+    gc.collect()
+    assert not patching.is_wrapped(cls, "generate")
