@@ -37,12 +37,18 @@ class SGLHandle:
 
 
 def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshold=_UNSET,
-          consistency_retain=_UNSET, record_both=_UNSET, tokenizer=None, small_tokenizer=None) -> SGLHandle:
+          consistency_retain=_UNSET, record_both=_UNSET, ranker=_UNSET, tokenizer=None,
+          small_tokenizer=None) -> SGLHandle:
     """Make ``model.generate`` run the small model first and prune the large one at ``layer``.
 
     small_model: a model object, or a local path / hub id loaded with the large model's class,
         dtype and device (and moved with the large model when it is moved or cast later).
     record_both: also run the large model on samples that exit early (records hold both answers).
+    ranker: what orders the visual tokens (``sgl_patch.rankers``): "small" (SGL, the default),
+        "fastv" (the large model's attention at layer K-1), "random", "oracle" (the large model's
+        own all-layer attention from a full extra run: a yardstick), "dpp" (CDPruner's conditional
+        DPP over the visual embeddings), "dart" (DART's pivots and duplication).  Early exit still
+        decides from the small model, which runs only when the ranker or early exit needs it.
     tokenizer: the large model's tokenizer, if at hand: records then carry the prompt and the
         answers as text (``chat`` / ``batch_chat`` calls use the tokenizer they are given).
     small_tokenizer: only for a small model whose tokenizer differs from the large one's, in a
@@ -53,8 +59,9 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
         model cannot read.
 
     Defaults: layer=2, retain=0.05, exit_threshold=None (no early exit), consistency_retain=0.05,
-        record_both=False.  Options not given come from ``SGL_SMALL_MODEL``, ``SGL_LAYER``,
-        ``SGL_RETAIN``, ``SGL_EXIT_THRESHOLD``, ``SGL_CONSISTENCY_RETAIN``, ``SGL_RECORD_BOTH``; ``SGL_DISABLE=1`` makes
+        record_both=False, ranker="small".  Options not given come from ``SGL_SMALL_MODEL``,
+        ``SGL_LAYER``, ``SGL_RETAIN``, ``SGL_EXIT_THRESHOLD``, ``SGL_CONSISTENCY_RETAIN``,
+        ``SGL_RECORD_BOTH``, ``SGL_RANKER``; ``SGL_DISABLE=1`` makes
         this a no-op.  Applying again replaces the options.  Every check (options, the pair, the
         stats file) runs before anything is patched: a refused call leaves the model as it was.
     """
@@ -64,13 +71,16 @@ def apply(model, small_model=None, *, layer=_UNSET, retain=_UNSET, exit_threshol
     adapter = adapter_for(model)
     given = {name: value for name, value in (
         ("layer", layer), ("retain", retain), ("exit_threshold", exit_threshold),
-        ("consistency_retain", consistency_retain), ("record_both", record_both)) if value is not _UNSET}
+        ("consistency_retain", consistency_retain), ("record_both", record_both),
+        ("ranker", ranker)) if value is not _UNSET}
     if small_model is not None:
         given["small_model"] = small_model
     config = SGLConfig.from_env_and_args(**given)
     num_layers = len(adapter.decoder_layers(model))
     k = config.resolve_layer(num_layers)
     check_full_attention(adapter.text_config(model))
+    if k == 0 and config.ranker == "fastv":
+        raise ValueError("ranker='fastv' ranks by the large model's attention at layer K-1: use layer >= 1")
     if k == 0 and not adapter.generate_takes_use_cache:
         raise ValueError(f"layer=0 prunes before the first layer, which needs generate(use_cache=False); "
                          f"{type(model).__name__}.generate always caches: use layer >= 1")

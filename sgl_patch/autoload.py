@@ -44,6 +44,7 @@ VARIABLES = {
     "SGL_EXIT_THRESHOLD": ("none", "early-exit threshold on the small model's decision score"),
     "SGL_CONSISTENCY_RETAIN": ("0.05", "visual tokens the small model keeps for its consistency score"),
     "SGL_RECORD_BOTH": ("0", "also run the large model on early-exited samples (both answers recorded)"),
+    "SGL_RANKER": ("small", "what ranks the visual tokens: small (SGL), fastv, random, oracle, dpp, dart"),
     "SGL_STATS_FILE": ("(none)", "JSON-lines file, one record per sample, flushed per line"),
     "SGL_DISABLE": ("0", "1: patch nothing (the baseline run of the same command)"),
 }

@@ -92,6 +92,9 @@ class CaptureSession:
         self._prefill = self._decode = None
         self.visual_index = self.visual_valid = self.n_visual = None
         self.target = None
+        # which prompt rows score the visual tokens: "after_visual" (every text token after the
+        # first visual one: SGL) or "last" (each sample's last prompt token: FastV)
+        self.rows = "after_visual"
         self.row_index = None    # [b, R] query rows to read, or None: the last row only
         self.row_valid = None    # [b, 1, 1, R, 1] False for padding rows, or None: all rows count
         self.row_pos = None      # [b, R] row positions in key coordinates
@@ -141,7 +144,12 @@ class CaptureSession:
             self.visual_index, self.visual_valid = _padded_positions(visual)
             self.visual_index = self.visual_index + past
             after_first_visual = visual.cumsum(1) > 0
-            text_rows = ~visual & self.key_valid[:, past:past + q_len] & after_first_visual
+            valid_rows = self.key_valid[:, past:past + q_len]
+            if self.rows == "last":  # the last valid position of each row (left or right padded)
+                last = q_len - 1 - valid_rows.flip(1).int().argmax(1)
+                text_rows = torch.zeros_like(valid_rows).scatter_(1, last[:, None], True)
+            else:
+                text_rows = ~visual & valid_rows & after_first_visual
             rows, valid = _padded_positions(text_rows)
             self.row_index, self.row_pos = rows, rows + past
             self.row_valid = None if valid.all() else valid[:, None, None, :, None]

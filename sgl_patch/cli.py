@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     from . import calibrate
 
     calibrate.add_parser(commands)  # sgl-patch calibrate: its options and run live in calibrate.py
+    from .lab import train as lab_cli
+
+    lab_cli.add_parser(commands)  # sgl-patch lab ...: options and runs live in sgl_patch/lab/
     parser.set_defaults(verbose=False)
     return parser
 

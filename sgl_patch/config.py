@@ -33,6 +33,8 @@ class SGLConfig:
     consistency_retain: fraction of visual tokens the small model keeps for its consistency score.
     record_both: also run the large model on the samples that exit early, so each record holds
         both answers (for calibrating the threshold offline); what generate returns is unchanged.
+    ranker: what orders the visual tokens (``sgl_patch.rankers``): "small" (SGL), "fastv",
+        "random", "oracle", "dpp" (CDPruner) or "dart" (DART).
     """
 
     small_model: Any = None
@@ -41,6 +43,7 @@ class SGLConfig:
     exit_threshold: float | None = None
     consistency_retain: float = 0.05
     record_both: bool = False
+    ranker: str = "small"
     # option -> the ``SGL_*`` variable and raw text it was read from, so errors name the variable
     from_environment: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -51,6 +54,7 @@ class SGLConfig:
         "exit_threshold": "SGL_EXIT_THRESHOLD",
         "consistency_retain": "SGL_CONSISTENCY_RETAIN",
         "record_both": "SGL_RECORD_BOTH",
+        "ranker": "SGL_RANKER",
     }
 
     @classmethod
@@ -81,7 +85,8 @@ class SGLConfig:
                             ("consistency_retain", lambda: check_fraction("consistency_retain",
                                                                           self.consistency_retain)),
                             ("exit_threshold", lambda: _check_threshold(self.exit_threshold)),
-                            ("record_both", lambda: _check_bool("record_both", self.record_both))):
+                            ("record_both", lambda: _check_bool("record_both", self.record_both)),
+                            ("ranker", lambda: _check_ranker(self.ranker))):
             try:
                 check()
             except (TypeError, ValueError) as error:
@@ -113,7 +118,7 @@ class SGLConfig:
         small = self.small_model if isinstance(self.small_model, str) else type(self.small_model).__name__
         return (f"small_model={small}, layer={self.layer}, retain={self.retain}, "
                 f"exit_threshold={self.exit_threshold}, consistency_retain={self.consistency_retain}, "
-                f"record_both={self.record_both}")
+                f"record_both={self.record_both}, ranker={self.ranker}")
 
 
 def _check_layer(layer, num_layers: int | None) -> None:
@@ -138,6 +143,13 @@ def _check_threshold(threshold) -> None:
     if math.isnan(threshold) or threshold < 0:
         raise ValueError(f"exit_threshold must be a number >= 0 (scores lie in [0, 1]; above 1 never exits) "
                          f"or None to disable early exit, got {threshold!r}")
+
+
+def _check_ranker(name) -> None:
+    from .rankers import RANKERS  # a registry of names, importable without torch's weight
+
+    if name not in RANKERS:
+        raise ValueError(f"ranker must be one of {', '.join(RANKERS)}, got {name!r}")
 
 
 def _check_bool(name: str, value) -> None:
@@ -165,7 +177,7 @@ def disabled(environ=None) -> bool:
 def _parse(name: str, var: str, raw: str):
     text = raw.strip()
     try:
-        if name == "small_model":
+        if name in ("small_model", "ranker"):
             if not text:
                 raise ValueError
             return text
@@ -181,6 +193,7 @@ def _parse(name: str, var: str, raw: str):
             raise
         expected = {
             "small_model": "a local path or hub id of the small model",
+            "ranker": "a ranker name (small, fastv, random, oracle, dpp, dart)",
             "layer": "an int layer index (e.g. 2) or a fraction of the depth (e.g. 0.1)",
             "exit_threshold": "a number such as 0.8, or 'none' to disable early exit",
         }.get(name, "a number in (0, 1]")

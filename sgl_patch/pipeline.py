@@ -18,6 +18,7 @@ from .capture import generate_with_importance
 from .config import SGLConfig
 from .exit import consistency, decision_scores
 from .prune import count_mismatch_message, pruned
+from .rankers import ranker_for
 from .records import StatsLog, answer_text, current_sample_keys, prompt_text
 
 logger = logging.getLogger("sgl_patch")
@@ -183,21 +184,26 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
     small_inputs = _on(small.device, {k: v for k, v in inputs.items()
                                       if k != "inputs_embeds" and k not in adapter.large_only_inputs})
+    ranker = ranker_for(config.ranker)
     if applied.small_tokenizer is not None:  # the small model ran in prompt_both, on its own prompt
         imp = _guided_importance(model, adapter, guidance, batch)
-    else:
+    elif ranker.uses_small or config.exit_threshold is not None:
         adapter.prepare_guide(small, model)
         with torch.no_grad():
             imp = generate_with_importance(small, small.generate, small_inputs, small_settings,
                                            with_confidence=config.exit_threshold is not None)
+    else:  # another ranker orders the tokens and nothing exits: the small model has nothing to do
+        imp = None
+    with torch.no_grad():
+        ranked = ranker.rank(model, adapter, inputs, small_settings, layer=applied.layer, small=imp, generate=wrapped)
     n_visual = visual.sum(1).cpu()
     if adapter.expands_placeholders:
         # the large model lays out its visual tokens in its own forward, where the pruning plan
-        # checks them against the small model's counts
-        n_visual = imp.n_visual.cpu()
-    elif not torch.equal(imp.n_visual.cpu(), n_visual):
-        row = int((imp.n_visual.cpu() != n_visual).nonzero()[0, 0])
-        raise ValueError(count_mismatch_message(int(imp.n_visual[row]), int(n_visual[row]), row))
+        # checks them against the ranking's counts
+        n_visual = ranked.n_visual.cpu()
+    elif not torch.equal(ranked.n_visual.cpu(), n_visual):
+        row = int((ranked.n_visual.cpu() != n_visual).nonzero()[0, 0])
+        raise ValueError(count_mismatch_message(int(ranked.n_visual[row]), int(n_visual[row]), row))
 
     exited = torch.zeros(batch, dtype=torch.bool)
     exit_scores = None
@@ -229,7 +235,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
     if remaining.numel():
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
-        sub_imp = imp if remaining.numel() == batch else imp.select(remaining)
+        sub_imp = ranked if remaining.numel() == batch else ranked.select(remaining)
         large_settings = settings
         if exited.any():  # record_both: the large answers of exited samples are not what generate returns
             large_settings = {k: v for k, v in settings.items() if k != "streamer"}
@@ -343,9 +349,11 @@ def _texts(applied: Applied, guidance, inputs, visual, imp, large_out, large_row
         out[i]["prompt"] = prompt_text(tokenizer, input_ids[i][keep])
     if guidance is not None and guidance.answers is not None:
         small_answers = guidance.answers
-    elif small_tokenizer is not None:
+    elif imp is not None:
         small_answers = [answer_text(small_tokenizer, row, imp.answer_mask[i])
                          for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
+    else:  # the small model did not run (another ranker, no early exit)
+        small_answers = [None] * batch
     for i in range(batch):
         out[i]["small_answer"] = small_answers[i]
     if large_out is not None:

@@ -99,6 +99,7 @@ def test_the_pth_file_is_installed_and_does_nothing_without_sgl_variables():
     ({"SGL_EXIT_THRESHOLD": "-1"}, "SGL_EXIT_THRESHOLD=-1 is out of range"),
     ({"SGL_CONSISTENCY_RETAIN": "0"}, "SGL_CONSISTENCY_RETAIN=0 is out of range"),
     ({"SGL_RECORD_BOTH": "maybe"}, "SGL_RECORD_BOTH='maybe' is not a boolean"),
+    ({"SGL_RANKER": "fast"}, "SGL_RANKER=fast is out of range: ranker must be one of small, fastv, random, oracle"),
     ({"SGL_DISABLE": "perhaps"}, "SGL_DISABLE='perhaps' is not a boolean"),
     ({"SGL_STATS_FILE": "/no/such/directory/stats.jsonl"}, "SGL_STATS_FILE=/no/such/directory/stats.jsonl cannot be written"),
     ({"SGL_SMALL_MODEL": "./no-such-model"}, "SGL_SMALL_MODEL=./no-such-model is not a directory"),
