@@ -1,0 +1,258 @@
+"""``sgl-patch lab train``: train the lab's small and large Qwen2-VL from scratch on CPU.
+
+Seeded and resumable: the batch of step ``s`` is drawn from ``(seed + 1000, s)`` alone, so a
+resumed run sees the same data as an uninterrupted one.  What helps tiny VLMs past the plateau of
+naming *a* colour in the scene (DESIGN.md section 7):
+
+- a curriculum (``STAGES``): scenes of 1-2 objects, each drawn in several copies for the questions
+  that copies do not change (colour, shape, size), then single copies, then up to
+  ``scenes.MAX_OBJECTS`` objects;
+- a steady learning rate (warm-up, constant, a short linear decay over the last 15% of steps);
+- an auxiliary loss on every visual token: a linear head on the vision tower's merged output
+  predicts the colour, shape and size of the object in that token's cell (or none);
+- an auxiliary answer loss on every text token after the image (the question's words and the
+  template's): a linear head on the last hidden state predicts the answer word there, so the
+  question's own words learn to look up the objects they name (one hop) and the answer position
+  only has to read them.  Both heads live outside the model, in the training state only: the
+  saved model is a standard checkpoint.
+
+The curriculum advances when the answers of the last 100 training batches are 85% right, and at
+the latest by the step schedule ``LATEST``.
+
+Every ``--save-every`` seconds the model is saved as float16 safetensors with the processor's
+files in ``OUT/NAME`` and the training state (float32 weights, optimizer, head, step) in
+``OUT/.train_state/NAME.pt``; held-out accuracy (first answer word, greedy) goes to
+``OUT/.train_state/NAME.log`` every ``--eval-every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import models, scenes
+from . import processor as lab_processor
+
+DEFAULT_STEPS = {"small": 6000, "large": 2500}
+# stages: (copies of each object in colour/shape/size scenes, most objects per scene); copies make the
+# objects' tokens many among the 256, so the language model first learns to read objects at all
+STAGES = ((8, 2), (4, 2), (2, 2), (1, 2), (1, 3), (1, 4), (1, 5), (1, scenes.MAX_OBJECTS))
+LATEST = (0.06, 0.1, 0.14, 0.2, 0.3, 0.4, 0.5)   # fraction of steps by which stage i + 1 starts at the latest
+ADVANCE_AT = 0.85   # running training accuracy that moves the curriculum on
+
+
+def scheduled_stage(step: int, steps: int) -> int:
+    """The stage the schedule reaches at ``step`` at the latest."""
+    return sum(step >= fraction * steps for fraction in LATEST)
+
+
+def max_objects(step: int, steps: int) -> int:
+    return STAGES[scheduled_stage(step, steps)][1]
+
+
+def _with_copies(sample: dict, copies: int, rng) -> dict:
+    if copies == 1 or sample["kind"] not in ("colour", "shape", "size"):
+        return sample
+    taken = {(o["row"], o["col"]) for o in sample["objects"]}
+    free = [(r, c) for r in range(scenes.CELLS) for c in range(scenes.CELLS) if (r, c) not in taken]
+    extra = []
+    cells = rng.permutation(len(free))[:len(sample["objects"]) * (copies - 1)]
+    for i, cell in enumerate(cells):
+        obj = dict(sample["objects"][i % len(sample["objects"])])
+        obj["row"], obj["col"] = free[cell]
+        extra.append(obj)
+    objects = sample["objects"] + extra
+    return dict(sample, objects=objects, image=scenes.render(objects, rng),
+                target=sample["target"] + [len(sample["objects"]) + i for i in range(len(extra))
+                                           if i % len(sample["objects"]) in sample["target"]])
+
+
+def batch(step: int, stage: int, size: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng([seed + 1000, step])
+    copies, most = STAGES[stage]
+    return [_with_copies(scenes.make_scene(rng, int(rng.integers(1, most + 1))), copies, rng) for _ in range(size)]
+
+
+def cell_labels(samples: list[dict]):
+    """Per visual token (16 x 16 per image, raster order): colour, shape and size of the object in
+    its cell (0: none)."""
+    import torch
+
+    side = lab_processor.GRID // lab_processor.MERGE
+    per_cell = side // scenes.CELLS
+    colours, shapes = list(scenes.COLOURS), list(scenes.SHAPES)
+    labels = torch.zeros(len(samples), 3, side, side, dtype=torch.long)
+    for i, sample in enumerate(samples):
+        for o in sample["objects"]:
+            rows = slice(o["row"] * per_cell, (o["row"] + 1) * per_cell)
+            cols = slice(o["col"] * per_cell, (o["col"] + 1) * per_cell)
+            labels[i, 0, rows, cols] = colours.index(o["colour"]) + 1
+            labels[i, 1, rows, cols] = shapes.index(o["shape"]) + 1
+            labels[i, 2, rows, cols] = scenes.SIZES.index(o["size"]) + 1
+    return labels.permute(0, 2, 3, 1).reshape(-1, 3)
+
+
+def evaluate(model, processor, samples: list[dict], batch_size: int = 50) -> dict:
+    """Held-out accuracy of the first greedy answer word, overall and per question kind."""
+    import torch
+
+    model.eval()
+    hits = {}
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            inputs = lab_processor.encode(processor, chunk)
+            words = model(**inputs).logits[:, -1].argmax(-1)
+            for sample, word in zip(chunk, processor.tokenizer.convert_ids_to_tokens(words.tolist())):
+                hits.setdefault(sample["kind"], []).append(scenes.is_correct(word, sample["answer"]))
+    model.train()
+    result = {kind: round(float(np.mean(v)), 4) for kind, v in sorted(hits.items())}
+    result["all"] = round(float(np.mean([h for v in hits.values() for h in v])), 4)
+    return result
+
+
+def train(*args, **kwargs) -> dict:
+    """Train model ``name`` for ``steps`` into ``out`` (see ``_train``); returns held-out accuracy."""
+    import torch
+
+    with torch.enable_grad():
+        return _train(*args, **kwargs)
+
+
+def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, batch_size: int = 16,
+          lr: float = 1e-3, aux_weight: float = 0.5, eval_every: int = 250, eval_samples: int = 300,
+          save_every: float = 180.0, threads: int | None = None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    state_dir = out / ".train_state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path, state_path = state_dir / f"{name}.log", state_dir / f"{name}.pt"
+
+    def log(record: dict) -> None:
+        line = json.dumps(record)
+        print(f"[{name}] {line}", flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    processor = lab_processor.build_processor()
+    model = models.build(name, seed=seed)
+    hidden = model.config.text_config.hidden_size
+    torch.manual_seed(seed + 1)
+    head = torch.nn.ModuleDict({
+        "cells": torch.nn.Linear(hidden, 1 + len(scenes.COLOURS) + 1 + len(scenes.SHAPES) + 1 + len(scenes.SIZES)),
+        "answer": torch.nn.Linear(hidden, models.VOCAB)})
+    params = list(model.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, stage, window = 0, 0, []
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, stage = state["step"], state["stage"]
+        log({"event": "resume", "step": step})
+    else:
+        n = sum(p.numel() for p in model.parameters())
+        log({"event": "start", "params": n, "fp16_mb": round(2 * n / 2**20, 2), "steps": steps,
+             "batch": batch_size, "lr": lr, "aux_weight": aux_weight, "seed": seed})
+    held_out = scenes.make_dataset(eval_samples, seed=0)
+    visual = {}
+    hook = model.model.visual.register_forward_hook(lambda m, a, o: visual.__setitem__("merged", o.pooler_output))
+    splits = (1 + len(scenes.COLOURS), 1 + len(scenes.SHAPES), 1 + len(scenes.SIZES))
+    warmup, decay_from = 200, int(0.85 * steps)
+
+    def save() -> None:
+        models.save(model, processor, out / name)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "stage": stage}, tmp)
+        tmp.replace(state_path)
+
+    model.train()
+    last_save, t0, recent = time.time(), time.time(), []
+    while step < steps:
+        scale = min(1.0, (step + 1) / warmup)
+        if step >= decay_from:
+            scale *= max(0.1, 1 - (step - decay_from) / max(1, steps - decay_from))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        stage = max(stage, scheduled_stage(step, steps))
+        samples = batch(step, stage, batch_size, seed)
+        inputs = lab_processor.encode(processor, samples, answers=True)
+        ids = inputs["input_ids"]
+        labels = ids.clone()
+        labels[:, :-2] = -100                    # the answer word and <|im_end|> (left padding: always last)
+        output = model(**inputs, labels=labels, output_hidden_states=True)
+        logits = head["cells"](visual["merged"])
+        targets = cell_labels(samples)
+        aux = sum(torch.nn.functional.cross_entropy(part, targets[:, i])
+                  for i, part in enumerate(logits.split(splits, dim=-1)))
+        # text after the image, up to the answer: each position predicts the answer word
+        positions = torch.arange(ids.shape[1])
+        after = (ids == model.config.vision_end_token_id).long().argmax(-1, keepdim=True)
+        text = (positions > after) & (positions < ids.shape[1] - 2)
+        answer_logits = head["answer"](output.hidden_states[-1][text])
+        answer_ids = ids[:, -2:-1].expand_as(text)[text]
+        aux = aux + torch.nn.functional.cross_entropy(answer_logits, answer_ids)
+        loss = output.loss + aux_weight * aux
+        window.append(float((output.logits[:, -3].argmax(-1) == ids[:, -2]).float().mean()))
+        window = window[-100:]
+        if len(window) == 100 and np.mean(window) >= ADVANCE_AT and stage < len(STAGES) - 1:
+            stage, window = stage + 1, []
+            log({"step": step, "event": "curriculum", "stage": stage, "copies, most objects": STAGES[stage]})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        recent.append((output.loss.item(), aux.item()))
+        if step % 50 == 0:
+            answer, cells = np.mean(recent, axis=0)
+            log({"step": step, "loss": round(float(answer), 4), "aux": round(float(cells), 4),
+                 "stage": stage, "train_acc": round(float(np.mean(window or [0])), 3), "lr": round(lr * scale, 6),
+                 "steps_per_s": round(step / (time.time() - t0), 3) if not resume else None})
+            recent = []
+        if step % eval_every == 0 or step == steps:
+            log({"step": step, "held_out": evaluate(model, processor, held_out), "minutes": round((time.time() - t0) / 60, 1)})
+        if time.time() - last_save > save_every or step == steps:
+            save()
+            last_save = time.time()
+    hook.remove()
+    return evaluate(model, processor, held_out)
+
+
+def add_parser(commands) -> None:
+    lab = commands.add_parser("lab", help="the SGL lab: a trained small/large Qwen2-VL pair on a drawn VQA task")
+    sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    p = sub.add_parser("train", help="train the lab's small and large models from scratch (CPU)",
+                       description="Train the small model, then the large one (or --only one), saving float16 "
+                                   "checkpoints with the processor every few minutes; --resume continues.")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps per model (default: {DEFAULT_STEPS})")
+    p.add_argument("--out", default=str(models.WEIGHTS), help="output directory (default: the package's weights)")
+    p.add_argument("--only", choices=tuple(models.SIZES), help="train only this model")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/.train_state")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary losses (per visual token; answer at the question's tokens)")
+    p.add_argument("--eval-every", type=int, default=250, metavar="STEPS")
+    p.add_argument("--save-every", type=float, default=180.0, metavar="SECONDS")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    for name in ([args.only] if args.only else list(models.SIZES)):
+        result = train(name, args.steps or DEFAULT_STEPS[name], args.out, resume=args.resume, seed=args.seed,
+                       batch_size=args.batch_size, lr=args.lr, aux_weight=args.aux_weight,
+                       eval_every=args.eval_every, save_every=args.save_every, threads=args.threads)
+        print(f"{name}: held-out accuracy {result}")
+    return 0

@@ -1,0 +1,129 @@
+"""The lab's task, processor and model files (fast: no training beyond a few steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sgl_patch.lab import is_correct, make_dataset, models, processor as lab_processor, scenes
+
+
+def _pixels(image):
+    return np.asarray(image).tobytes()
+
+
+def test_dataset_is_determined_by_its_seed():
+    a, b, c = make_dataset(10, seed=3), make_dataset(10, seed=3), make_dataset(10, seed=4)
+    assert [(s["question"], s["answer"], _pixels(s["image"])) for s in a] == \
+           [(s["question"], s["answer"], _pixels(s["image"])) for s in b]
+    assert [_pixels(s["image"]) for s in a] != [_pixels(s["image"]) for s in c]
+    assert all(s["image"].size == (scenes.SIDE, scenes.SIDE) and s["image"].mode == "RGB" for s in a)
+
+
+def _derive(sample):
+    """The answer, computed again from the scene's objects and the question's words alone."""
+    words, objects = sample["question"].split(), sample["objects"]
+    if sample["kind"] == "colour":
+        (match,) = [o for o in objects if o["shape"] == words[-2]]
+        return match["colour"]
+    if sample["kind"] == "shape":
+        (match,) = [o for o in objects if o["colour"] == words[-2]]
+        return match["shape"]
+    if sample["kind"] == "count":
+        shape = {v: k for k, v in scenes.PLURALS.items()}[words[2]]
+        return scenes.COUNTS[sum(o["shape"] == shape for o in objects) - 1]
+    (match,) = [o for o in objects if (o["colour"], o["shape"]) == (words[-3], words[-2])]
+    if sample["kind"] == "size":
+        return match["size"]
+    (left,) = [o for o in objects if (o["row"], o["col"]) == (match["row"], match["col"] - 1)]
+    return left["shape"]
+
+
+def test_answers_follow_from_the_scene():
+    samples = make_dataset(200, seed=1)
+    assert {s["kind"] for s in samples} == set(scenes.KINDS)
+    for s in samples:
+        assert _derive(s) == s["answer"], s["question"]
+        cells = [(o["row"], o["col"]) for o in s["objects"]]
+        assert len(set(cells)) == len(cells)
+        # the target objects' pixels carry their colour
+        for i in s["target"]:
+            o = s["objects"][i]
+            patch = np.asarray(s["image"])[o["row"] * scenes.CELL:(o["row"] + 1) * scenes.CELL,
+                                           o["col"] * scenes.CELL:(o["col"] + 1) * scenes.CELL]
+            assert (patch.reshape(-1, 3) == scenes.COLOURS[o["colour"]]).all(-1).any()
+
+
+@pytest.mark.parametrize("prediction, answer, expected", [
+    ("red", "red", True), ("Red.", "red", True), ("red circle", "red", True), (" RED ", "red", True),
+    ("2", "two", True), ("two", "two", True), ("blue", "red", False), ("", "red", False),
+    ("the red", "red", False), ("reddish", "red", False),
+])
+def test_is_correct(prediction, answer, expected):
+    assert is_correct(prediction, answer) is expected
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return lab_processor.build_processor()
+
+
+def test_processor_gives_256_visual_tokens_per_image(processor):
+    samples = make_dataset(4, seed=2)
+    inputs = lab_processor.encode(processor, samples)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert lab_processor.VISUAL_TOKENS == 256
+    assert (inputs["input_ids"] == image_id).sum(-1).tolist() == [256] * 4
+    assert inputs["image_grid_thw"].tolist() == [[1, 32, 32]] * 4
+    assert inputs["pixel_values"].shape == (4 * 32 * 32, 3 * 2 * 4 * 4)
+    # the question follows the image; no unknown words
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.index(processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")) < len(ids) - 5
+    assert processor.tokenizer.convert_tokens_to_ids("<unk>") not in inputs["input_ids"]
+    text = processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
+    assert text.split()[-len(samples[0]["question"].split()) - 1:-1] == samples[0]["question"].split()
+
+
+def test_saved_pair_loads_and_generates(tmp_path, processor):
+    from sgl_patch.lab.train import train
+
+    for name in ("small", "large"):
+        train(name, 1, tmp_path, batch_size=2, eval_samples=5, eval_every=1)
+    for name in ("small", "large"):
+        files = {p.name for p in (tmp_path / name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+                "preprocessor_config.json", "processor_config.json"} <= files
+    small, large, loaded = models.load_pair(tmp_path)
+    assert small.dtype == large.dtype == torch.float32
+    assert small.config.vision_config.patch_size == large.config.vision_config.patch_size == lab_processor.PATCH
+    assert large.config.text_config.num_hidden_layers >= 3 * small.config.text_config.num_hidden_layers
+    assert large.config.text_config.hidden_size >= 2 * small.config.text_config.hidden_size
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "large" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    samples = make_dataset(2, seed=5)
+    inputs = lab_processor.encode(loaded, samples)
+    for model in (small, large):
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert out.shape[0] == 2 and out.shape[1] > inputs["input_ids"].shape[1]
+        assert all(isinstance(t, str) for t in loaded.batch_decode(out[:, inputs["input_ids"].shape[1]:]))
+
+
+def test_shipped_weights_are_small():
+    total = sum(p.stat().st_size for p in models.WEIGHTS.glob("*/model.safetensors"))
+    assert total <= 20 * 2**20
+
+
+def test_cell_labels_mark_each_object_on_its_four_visual_tokens():
+    from sgl_patch.lab.train import cell_labels
+
+    samples = make_dataset(3, seed=6)
+    labels = cell_labels(samples).reshape(3, 16, 16, 3)
+    for sample, grid in zip(samples, labels):
+        assert int((grid[..., 0] > 0).sum()) == 4 * len(sample["objects"])
+        for o in sample["objects"]:
+            cell = grid[2 * o["row"]:2 * o["row"] + 2, 2 * o["col"]:2 * o["col"] + 2]
+            assert (cell[..., 0] == list(scenes.COLOURS).index(o["colour"]) + 1).all()
+            assert (cell[..., 1] == scenes.SHAPES.index(o["shape"]) + 1).all()
