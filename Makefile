@@ -1,11 +1,13 @@
 # make demo: run the SGL demo on tiny built-in models (CPU, seconds), in .venv (transformers 5.23)
-# make test: run the test suite in each of the four environments below, one after another;
+# make test: run the test suite in each of the five environments below, one after another;
 #            it fails if any run fails (a pytest exit code 5, nothing collected, included)
 #   make test-5.23  .venv       requirements-test.txt (CPU torch 2.13.0, transformers 5.23.0): native classes
 #   make test-4.49  .venv-4.49  requirements/legacy-4.49.txt (torch 2.14.1, transformers 4.49.0)
 #   make test-4.37  .venv-4.37  requirements/legacy-4.37.txt (torch 2.14.1, transformers 4.37.2)
 #   make test-lmms  .venv-lmms  requirements/lmms-5.23.txt (lmms-eval 0.7.3, torch 2.14.1 + torchvision,
 #                               transformers 5.23.0): tests/lmms only, lmms-eval's CLI with and without SGL
+#   make test-lmms-4.49  .venv-lmms-4.49  requirements/lmms-4.49.txt (lmms-eval 0.7.3 on the legacy-4.49
+#                               pins): lmms-eval's internvl2 wrapper (InternVL2's remote code) on the CPU
 # The legacy environments run the original codebases (InternVL2's own model code, the llava
 # package); each test run skips the modules meant for the other line, with the reason.
 # Every environment is built from exact pins before the package itself (a stamp file per venv).
@@ -17,8 +19,9 @@ LEGACY := 4.49 4.37
 # the llava package's own pins (transformers 4.37.2, torch 2.1.2, ...) would replace ours: no deps
 LLAVA_TORCH := llava-torch==1.2.2.post1
 LMMS := .venv-lmms
+LMMS_449 := .venv-lmms-4.49
 
-.PHONY: demo test test-5.23 test-lmms $(addprefix test-,$(LEGACY)) clean
+.PHONY: demo test test-5.23 test-lmms test-lmms-4.49 $(addprefix test-,$(LEGACY)) clean
 
 demo: $(VENV)/.installed
 	$(BIN)/sgl-patch demo
@@ -26,7 +29,7 @@ demo: $(VENV)/.installed
 # The environments are built side by side first (downloads and unpacking overlap; one that fails
 # to build is tried again, and reported, by its test target).  Then every environment runs its
 # tests, even when an earlier one fails, so one CI run reports them all.
-ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed) $(LMMS)/.installed
+ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed) $(LMMS)/.installed $(LMMS_449)/.installed
 SUBMAKE = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST))
 
 test:
@@ -34,13 +37,13 @@ test:
 	$(SUBMAKE) -j4 --output-sync=target $(ENV_STAMPS) || echo "make test: an environment failed to build"; \
 	echo "make test: environments ready in $$(( $$(date +%s) - start )) s"; \
 	failed=""; \
-	for env in 5.23 $(LEGACY) lmms; do \
+	for env in 5.23 $(LEGACY) lmms lmms-4.49; do \
 		start=$$(date +%s); \
 		$(SUBMAKE) test-$$env || failed="$$failed test-$$env"; \
 		echo "make test-$$env: $$(( $$(date +%s) - start )) s"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
-	echo "make test: passed in every environment (5.23 $(LEGACY) lmms)"
+	echo "make test: passed in every environment (5.23 $(LEGACY) lmms lmms-4.49)"
 
 test-5.23: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
@@ -62,6 +65,18 @@ $(LMMS)/.installed: requirements/lmms-5.23.txt pyproject.toml setup.py
 	$(LMMS)/bin/python -m pip install --no-deps -e .
 	touch $@
 
+# lmms-eval on the legacy 4.49 pins runs its internvl2 wrapper only (InternVL2's remote code, under
+# the test-only CUDA->CPU shim tests/lmms/cuda_on_cpu); an explicit rule, as for test-lmms
+test-lmms-4.49: $(LMMS_449)/.installed
+	$(LMMS_449)/bin/python -m pytest -q tests/lmms/test_internvl2_wrapper.py
+
+$(LMMS_449)/.installed: requirements/lmms-4.49.txt requirements/legacy-4.49.txt requirements/legacy-base.txt \
+		pyproject.toml setup.py
+	test -x $(LMMS_449)/bin/python || $(PYTHON) -m venv $(LMMS_449)
+	$(LMMS_449)/bin/python -m pip install -r requirements/lmms-4.49.txt
+	$(LMMS_449)/bin/python -m pip install --no-deps -e .
+	touch $@
+
 $(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
 	.venv-$*/bin/python -m pytest -q tests
 
@@ -74,4 +89,4 @@ $(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(addprefix .venv-,$(LEGACY)) $(LMMS) build *.egg-info
+	rm -rf $(VENV) $(addprefix .venv-,$(LEGACY)) $(LMMS) $(LMMS_449) build *.egg-info

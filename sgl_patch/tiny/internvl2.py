@@ -214,12 +214,12 @@ def build_tokenizer(vocabulary: str = "tiny"):
 
 
 # -- configs ----------------------------------------------------------------------------------------
-def vision_config(size: TinySize, tile: int = TILE) -> dict:
+def vision_config(size: TinySize, tile: int = TILE, patch: int = PATCH) -> dict:
     """InternViT settings: SMALL like InternViT-300M, anything larger like InternViT-6B."""
     like_6b = size.hidden > SMALL.hidden
     return dict(
         architectures=["InternVisionModel"], model_type="intern_vit_6b", num_channels=3, image_size=tile,
-        patch_size=PATCH, hidden_size=size.vision_dim, intermediate_size=4 * size.vision_dim,
+        patch_size=patch, hidden_size=size.vision_dim, intermediate_size=4 * size.vision_dim,
         num_attention_heads=size.vision_heads, num_hidden_layers=size.vision_depth, hidden_act="gelu",
         norm_type="rms_norm" if like_6b else "layer_norm", qkv_bias=not like_6b, qk_normalization=like_6b,
         initializer_factor=0.1 if like_6b else 1.0, layer_norm_eps=1e-6, use_flash_attn=False,
@@ -260,12 +260,13 @@ def llm_config(llm: str, size: TinySize, vocabulary: str = "tiny") -> dict:
     return config
 
 
-def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int = TILE, vocabulary: str = "tiny"):
+def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int = TILE, vocabulary: str = "tiny",
+                      patch: int = PATCH):
     """An ``InternVLChatConfig`` (our code's class) as InternVL2's config.json has it."""
     from .internvl2_code.configuration_internvl_chat import InternVLChatConfig
 
     return InternVLChatConfig(
-        vision_config=vision_config(size, tile), llm_config=llm_config(llm, size, vocabulary), template=LLMS[llm][1],
+        vision_config=vision_config(size, tile, patch), llm_config=llm_config(llm, size, vocabulary), template=LLMS[llm][1],
         downsample_ratio=DOWNSAMPLE, force_image_size=tile, select_layer=-1, ps_version="v2",
         dynamic_image_size=True, use_thumbnail=True, min_dynamic_patch=1, max_dynamic_patch=12,
         architectures=["InternVLChatModel"],
@@ -277,7 +278,7 @@ def checkpoint_config(llm: str = "internlm2", size: TinySize = SMALL, tile: int 
 
 # -- checkpoints ------------------------------------------------------------------------------------
 def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE,
-                attn_implementation: str = "eager", vocabulary: str = "tiny"):
+                attn_implementation: str = "eager", vocabulary: str = "tiny", patch: int = PATCH):
     """A tiny random ``InternVLChatModel`` (our package's classes), float32, eval mode.
 
     ``attn_implementation``: the language model's attention, one of ``ATTENTION[llm]`` but
@@ -288,7 +289,7 @@ def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, t
     if attn_implementation not in ATTENTION[llm] or attn_implementation == "flash_attention_2":
         raise ValueError(f"build_model builds {llm} language models with attention in "
                          f"{[a for a in ATTENTION[llm] if a != 'flash_attention_2']}, not {attn_implementation!r}")
-    config = checkpoint_config(llm, size, tile, vocabulary)
+    config = checkpoint_config(llm, size, tile, vocabulary, patch)
     # transformers' Qwen2/Llama read _attn_implementation when their layers are made (InternLM2 and
     # the Phi-3 code read the plain field InternVLChatModel.__init__ sets to eager here)
     config.llm_config._attn_implementation = attn_implementation
@@ -302,14 +303,14 @@ def build_model(llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, t
 
 
 def save_checkpoint(directory, llm: str = "internlm2", size: TinySize = SMALL, seed: int = 0, tile: int = TILE,
-                    vocabulary: str = "tiny") -> str:
+                    vocabulary: str = "tiny", patch: int = PATCH) -> str:
     """Write a checkpoint directory as the hub has InternVL2's: config.json with ``auto_map``, the model
     code files, safetensors weights, a tokenizer (``VOCABULARIES``) and a generation config.  Returns the path."""
     from transformers import GenerationConfig
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    build_model(llm, size, seed, tile, vocabulary=vocabulary).save_pretrained(directory)
+    build_model(llm, size, seed, tile, vocabulary=vocabulary, patch=patch).save_pretrained(directory)
     for source in sorted(CODE_DIR.glob("*.py")):
         if source.name != "__init__.py":
             shutil.copyfile(source, directory / source.name)

@@ -14,11 +14,10 @@ Wrappers and the checkpoints they load (native transformers 5.23 classes):
   only, the wrapper asserts it);
 * ``internvl_hf`` (InternVL2.5/3 ``-hf`` classes, bfloat16, batch 1 only).
 
-Not here: ``internvl2`` (InternVL2's remote code, legacy transformers) loads its model onto
-``cuda:{rank}`` whatever ``device`` says (or splits it over ``torch.cuda.device_count()`` GPUs for
-``device_map=auto``), so it cannot run on a machine without a GPU; ``llava_onevision`` imports the
-LLaVA-NeXT ``llava`` package, which is not on PyPI (``llava_hf`` on a OneVision checkpoint above is
-the path that runs).
+Elsewhere: ``internvl2`` (InternVL2's remote code, transformers 4.49, which loads its model onto
+``cuda:{rank}``) runs in ``test_internvl2_wrapper.py`` under a test-only CUDA-to-CPU shim.  Not run:
+``llava_onevision`` imports the LLaVA-NeXT ``llava`` package, which is not on PyPI (``llava_hf`` on a
+OneVision checkpoint above is the path that runs).
 """
 
 from __future__ import annotations
