@@ -76,6 +76,7 @@ def check_environment(environ) -> bool:
     not close to ours are left alone (other tools use the prefix too).
     """
     from .config import SGLConfig, disabled, env_flag
+    from .records import check_writable
 
     for name in sorted(k for k in environ if k.startswith("SGL_") and k not in VARIABLES):
         close = difflib.get_close_matches(name, list(VARIABLES), n=1, cutoff=0.85)
@@ -89,12 +90,7 @@ def check_environment(environ) -> bool:
     SGLConfig.from_env_and_args(environ=environ)  # every option's value and range
     stats = environ.get("SGL_STATS_FILE")
     if stats:
-        try:
-            with open(stats, "a", encoding="utf-8"):
-                pass
-        except OSError as error:
-            raise ValueError(f"SGL_STATS_FILE={stats} cannot be written ({error.strerror}): point it at a file "
-                             "in an existing, writable directory") from None
+        check_writable(stats, f"SGL_STATS_FILE={stats}")
     if is_disabled:
         return False
     small = environ.get("SGL_SMALL_MODEL", "").strip()

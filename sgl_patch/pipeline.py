@@ -71,6 +71,17 @@ def _split_call(wrapped, args, kwargs, adapter) -> tuple[dict, dict]:
     return inputs, settings
 
 
+def _small_settings(settings: dict) -> dict:
+    """The generate settings a guiding small model gets: not the large run's own, nor the caller's
+    stateful decoding objects (see _CALLER_DECODING)."""
+    return {k: v for k, v in settings.items() if k not in _LARGE_ONLY and k not in _CALLER_DECODING}
+
+
+def _answers(tokenizer, imp) -> list[str]:
+    """The small model's answers as text, each up to its end token."""
+    return [answer_text(tokenizer, row, imp.answer_mask[i]) for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
+
+
 def _on(device, inputs: dict) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
@@ -128,13 +139,12 @@ def guide(small, adapter, guidance: Guidance, wrapped, args, kwargs):
         raise RuntimeError(f"{type(small).__name__}.{'/'.join(adapter.prompt_methods)} called generate more than "
                            "once in one call; sgl_patch guides one generate per call")
     inputs, settings = _split_call(wrapped, args, kwargs, adapter)
-    settings = {k: v for k, v in settings.items() if k not in _LARGE_ONLY and k not in _CALLER_DECODING}
+    settings = _small_settings(settings)
     exits = guidance.exit_retain is not None
     imp = guidance.importance = generate_with_importance(small, wrapped, inputs, settings, with_confidence=exits)
     if exits:  # decided by the large model's generate, which knows whether the call may exit
         guidance.exit_scores = decision_scores(imp, consistency(small, adapter, imp, inputs, guidance.exit_retain))
-    guidance.answers = [answer_text(guidance.small_tokenizer, row, imp.answer_mask[i])
-                        for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
+    guidance.answers = _answers(guidance.small_tokenizer, imp)
     if settings.get("return_dict_in_generate"):
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -178,7 +188,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
 
     # 1. small model: answer + importance (+ SEE scores)
     started = time.perf_counter()
-    small_settings = {k: v for k, v in settings.items() if k not in _LARGE_ONLY and k not in _CALLER_DECODING}
+    small_settings = _small_settings(settings)
     small_settings["generation_config"] = generation_config
     own_decoding = [k for k in _CALLER_DECODING if settings.get(k)]
     # the large model's embeddings mean nothing to the small one: it embeds input_ids itself
@@ -350,8 +360,7 @@ def _texts(applied: Applied, guidance, inputs, visual, imp, large_out, large_row
     if guidance is not None and guidance.answers is not None:
         small_answers = guidance.answers
     elif imp is not None:
-        small_answers = [answer_text(small_tokenizer, row, imp.answer_mask[i])
-                         for i, row in enumerate(imp.sequences[:, imp.prompt_length:])]
+        small_answers = _answers(small_tokenizer, imp)
     else:  # the small model did not run (another ranker, no early exit)
         small_answers = [None] * batch
     for i in range(batch):

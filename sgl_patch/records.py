@@ -18,6 +18,16 @@ STATS_FILE_ENV = "SGL_STATS_FILE"
 _file_lock = threading.Lock()
 
 
+def check_writable(path: str, named: str) -> None:
+    """Create ``path`` if missing; ``ValueError`` starting with ``named`` when it cannot be written."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{named} cannot be written ({error.strerror}): point it at a file in an existing, "
+                         "writable directory") from None
+
+
 class StatsLog:
     """Records since ``apply``; each one is also written to ``$SGL_STATS_FILE`` and flushed at once.
 
@@ -34,13 +44,7 @@ class StatsLog:
         # a relative path means the file checked here, whatever directory the script moves to later
         self.path = os.path.abspath(path) if path else None
         if self.path:
-            try:
-                with open(self.path, "a", encoding="utf-8"):
-                    pass
-            except OSError as error:
-                where = f"{STATS_FILE_ENV}={self.path}" if from_env else f"stats file {self.path!r}"
-                raise ValueError(f"{where} cannot be written ({error.strerror}): point it at a file in an "
-                                 "existing, writable directory") from None
+            check_writable(self.path, f"{STATS_FILE_ENV}={self.path}" if from_env else f"stats file {self.path!r}")
 
     def add(self, records: list[dict]) -> None:
         """Add the records of one call together (threads never interleave a call's records)."""

@@ -30,15 +30,17 @@ def _is_cuda(device) -> bool:
     return False
 
 
-_tensor_to = torch.Tensor.to
+def on_cpu(to):
+    """``to`` (``Tensor.to`` or ``Module.to``) with a CUDA device argument replaced by the CPU."""
 
+    def to_cpu(self, *args, **kwargs):
+        if args and _is_cuda(args[0]):
+            args = ("cpu",) + args[1:]
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return to(self, *args, **kwargs)
 
-def _to(self, *args, **kwargs):
-    if args and _is_cuda(args[0]):
-        args = ("cpu",) + args[1:]
-    if _is_cuda(kwargs.get("device")):
-        kwargs["device"] = "cpu"
-    return _tensor_to(self, *args, **kwargs)
+    return to_cpu
 
 
 def _tensor_cuda(self, device=None, non_blocking=False, memory_format=torch.preserve_format):
@@ -49,7 +51,7 @@ def _module_cuda(self, device=None):
     return self
 
 
-torch.Tensor.to = _to
+torch.Tensor.to = on_cpu(torch.Tensor.to)
 torch.Tensor.cuda = _tensor_cuda
 torch.nn.Module.cuda = _module_cuda
 torch.cuda.set_device = lambda device: None

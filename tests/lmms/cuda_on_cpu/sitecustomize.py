@@ -40,18 +40,7 @@ def _is_gpu_map(device_map) -> bool:
     return _is_cuda(device_map) or device_map == "cuda"
 
 
-_module_to = torch.nn.Module.to
-
-
-def _to(self, *args, **kwargs):
-    if args and _is_cuda(args[0]):
-        args = ("cpu",) + args[1:]
-    if _is_cuda(kwargs.get("device")):
-        kwargs["device"] = "cpu"
-    return _module_to(self, *args, **kwargs)
-
-
-torch.nn.Module.to = _to
+torch.nn.Module.to = _legacy.on_cpu(torch.nn.Module.to)
 
 
 def _from_pretrained(wrapped, cls, args, kwargs):
