@@ -15,7 +15,8 @@ logging.getLogger("sgl_patch").addHandler(logging.NullHandler())
 # hook of unmodified scripts (``sgl_patch.autoload``, run by the installed .pth file whenever an
 # SGL_* variable is set) must not import them into every Python process.
 __all__ = ["apply", "remove", "stats", "importance", "pruned", "Importance", "SGLConfig", "SGLHandle",
-           "token_ratio", "retain_for_ratio", "supported_classes", "sample_keys", "__version__"]
+           "token_ratio", "retain_for_ratio", "supported_classes", "sample_keys", "kept_visual_tokens",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from .adapters import adapter_for, supported_classes
 from .capture import Importance, importance
 from .config import SGLConfig, disabled, retain_for_ratio, token_ratio
 from .prune import check_full_attention, pruned
-from .records import sample_keys
+from .records import kept_visual_tokens, sample_keys
 
 logger = logging.getLogger("sgl_patch")
 
@@ -231,4 +231,5 @@ def _check_same_tokens(large, small) -> None:
 
 
 __all__ = ["apply", "remove", "stats", "importance", "pruned", "Importance", "SGLConfig", "SGLHandle",
-           "token_ratio", "retain_for_ratio", "supported_classes", "sample_keys"]
+           "token_ratio", "retain_for_ratio", "supported_classes", "sample_keys",
+           "kept_visual_tokens"]

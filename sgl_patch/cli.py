@@ -126,7 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     from . import calibrate
 
     calibrate.add_parser(commands)  # sgl-patch calibrate: its options and run live in calibrate.py
-    from .lab import train as lab_cli
+    from . import show
+
+    show.add_parser(commands)  # sgl-patch show: a picture of the kept visual tokens
+    from .lab import cli as lab_cli
 
     lab_cli.add_parser(commands)  # sgl-patch lab ...: options and runs live in sgl_patch/lab/
     parser.set_defaults(verbose=False)

@@ -19,7 +19,7 @@ from .config import SGLConfig
 from .exit import consistency, decision_scores
 from .prune import count_mismatch_message, pruned
 from .rankers import ranker_for
-from .records import StatsLog, answer_text, current_sample_keys, prompt_text
+from .records import StatsLog, add_kept, answer_text, current_sample_keys, prompt_text
 
 logger = logging.getLogger("sgl_patch")
 
@@ -163,6 +163,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
     if cache is not None and cache.get_seq_length() > 0:
         applied.warn_once("cache", "sgl_patch: generate() continues from a filled past_key_values, whose "
                                    "visual tokens were never ranked; running the large model unchanged")
+        add_kept([None] * input_ids.shape[0])
         return wrapped(*args, **kwargs)
     generation_config = settings.get("generation_config") or adapter.generation_config(model)
     alpha = settings.get("penalty_alpha", getattr(generation_config, "penalty_alpha", None))
@@ -171,6 +172,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
         applied.warn_once("contrastive", "sgl_patch: contrastive search (penalty_alpha) re-runs the model on "
                                          "top_k candidates per row, which pruning does not follow; running the "
                                          "large model unchanged")
+        add_kept([None] * input_ids.shape[0])
         return wrapped(*args, **kwargs)
     visual = adapter.visual_mask(model, input_ids)
     if not visual.any():  # text-only prompts pass through untouched
@@ -179,6 +181,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
         seconds = time.perf_counter() - started
         applied.stats.add([_record(0, 0, applied.layer, False, None, 0.0, seconds, input_ids.shape[0])
                            for _ in range(input_ids.shape[0])])
+        add_kept([None] * input_ids.shape[0])
         return out
 
     config = applied.config
@@ -241,7 +244,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
     started = time.perf_counter()
     ran_large = torch.ones_like(exited) if config.record_both else ~exited
     remaining = ran_large.nonzero().squeeze(1)
-    large_out, kept = None, {}
+    large_out, kept, kept_visual = None, {}, {}
     if remaining.numel():
         sub_inputs = inputs if remaining.numel() == batch else adapter.select_samples(
             model, inputs, remaining.to(input_ids.device))
@@ -252,7 +255,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
         with pruned(model, sub_imp, layer=applied.layer, retain=config.retain,
                     prompt_ids=sub_inputs["input_ids"]) as run:
             large_out = wrapped(**adapter.generate_arguments(sub_inputs), **large_settings)
-        kept = _kept_per_sample(run.prompt_plan, remaining)
+        kept, kept_visual = _kept_per_sample(run.prompt_plan, remaining)
     large_seconds = time.perf_counter() - started
 
     # 3. records and merged output
@@ -271,6 +274,7 @@ def generate(model, adapter, applied: Applied, wrapped, args, kwargs, guidance: 
                                small_seconds, large_seconds if ran_large[i] else 0.0, batch,
                                key=keys[i], **texts[i]))
     applied.stats.add(records)
+    add_kept([None if exited[i] else kept_visual.get(i) for i in range(batch)])
     if not exited.any():
         return large_out
     if guidance is not None and applied.small_tokenizer is not None:
@@ -317,13 +321,15 @@ def _in_large_tokens(imp, guidance: Guidance, settings: dict, generation_config)
     return replace(imp, sequences=torch.cat([prefix, answers], 1), answer_mask=mask)
 
 
-def _kept_per_sample(plan, samples: torch.Tensor) -> dict[int, int]:
-    """Visual tokens the applied plan kept, by input row; generate expands rows for beams and
-    return sequences, so sample j's plan rows are j*n .. j*n+n-1."""
+def _kept_per_sample(plan, samples: torch.Tensor) -> tuple[dict[int, int], dict[int, list]]:
+    """How many visual tokens the applied plan kept, and which, by input row; generate expands rows
+    for beams and return sequences, so sample j's plan rows are j*n .. j*n+n-1."""
     if plan is None:  # no forward over the prompt was pruned: the records must not claim it was
-        return {}
+        return {}, {}
     repeat = plan.n_kept.shape[0] // samples.numel()
-    return {int(s): int(plan.n_kept[j * repeat]) for j, s in enumerate(samples.tolist())}
+    rows = {int(s): j * repeat for j, s in enumerate(samples.tolist())}
+    return ({s: int(plan.n_kept[row]) for s, row in rows.items()},
+            {s: list(plan.kept_visual[row]) for s, row in rows.items()})
 
 
 def _record(n_visual, n_kept, layer, exited, score, small_s, large_s, batch=1, key=None, prompt=None,

@@ -40,7 +40,7 @@ def keep_count(n_visual: int, retain: float) -> int:
 class PrunePlan:
     """Which prompt positions each row keeps, as a left-padded gather index."""
 
-    def __init__(self, gather_index, slot_valid, slot_filled, n_visual, n_kept, prompt_length):
+    def __init__(self, gather_index, slot_valid, slot_filled, n_visual, n_kept, prompt_length, kept_visual=None):
         self.gather_index = gather_index    # [b, L] prompt position of each slot
         self.slot_valid = slot_valid        # [b, L] False for padding slots and original padding
         # [b, L] False only for the padding slots added on the left of rows that keep fewer tokens
@@ -48,6 +48,7 @@ class PrunePlan:
         self.slot_filled = slot_filled
         self.n_visual = n_visual            # [b]
         self.n_kept = n_kept                # [b] visual tokens kept
+        self.kept_visual = kept_visual      # per row: which of its visual tokens were kept (ascending)
         self.prompt_length = prompt_length  # S, positions the plan covers
 
 
@@ -62,6 +63,7 @@ def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch
     keep = ~visual.clone()
     n_visual = visual.sum(1)
     n_kept = torch.zeros_like(n_visual)
+    kept_visual = [[] for _ in range(batch)]
     for row in range(batch):
         n = int(n_visual[row])
         k = keep_count(n, retain)
@@ -71,6 +73,7 @@ def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch
         top = torch.topk(scores[row, :n].float(), k).indices
         keep[row, positions[top]] = True
         n_kept[row] = k
+        kept_visual[row] = sorted(top.tolist())
     lengths = keep.sum(1)
     width = int(lengths.max())
     gather_index = torch.zeros(batch, width, dtype=torch.long, device=visual.device)
@@ -81,7 +84,7 @@ def plan_pruning(visual: torch.Tensor, padding_mask: torch.Tensor, scores: torch
         gather_index[row, width - kept.numel():] = kept
         slot_valid[row, width - kept.numel():] = padding_mask[row, kept]
         slot_filled[row, width - kept.numel():] = True
-    return PrunePlan(gather_index, slot_valid, slot_filled, n_visual, n_kept, length)
+    return PrunePlan(gather_index, slot_valid, slot_filled, n_visual, n_kept, length, kept_visual)
 
 
 class PruneRun:

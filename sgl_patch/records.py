@@ -72,6 +72,30 @@ def sample_keys(keys):
         _sample_keys.reset(token)
 
 
+_kept_collector: contextvars.ContextVar[list | None] = contextvars.ContextVar("sgl_kept_tokens", default=None)
+
+
+@contextmanager
+def kept_visual_tokens():
+    """Collect which visual tokens the large model kept in the ``generate`` calls of the body: the
+    list it yields gains one entry per sample, in call and batch order — the indices (ascending,
+    among the sample's visual tokens in sequence order) that layers K.. saw, or None where the large
+    model did not prune that sample (an early exit, a text-only prompt).  For pictures of what was
+    kept (``sgl-patch show``) and for analyses; records hold only the count (``n_kept``)."""
+    collected: list = []
+    token = _kept_collector.set(collected)
+    try:
+        yield collected
+    finally:
+        _kept_collector.reset(token)
+
+
+def add_kept(per_sample: list) -> None:
+    collected = _kept_collector.get()
+    if collected is not None:
+        collected.extend(per_sample)
+
+
 def current_sample_keys(batch: int) -> list:
     """The keys ``sample_keys`` set for a batch of ``batch`` samples (None each where unset, or
     where their number does not match the call's)."""

@@ -34,8 +34,6 @@ def _derive(sample):
         shape = {v: k for k, v in scenes.PLURALS.items()}[words[2]]
         return scenes.COUNTS[sum(o["shape"] == shape for o in objects) - 1]
     (match,) = [o for o in objects if (o["colour"], o["shape"]) == (words[-3], words[-2])]
-    if sample["kind"] == "size":
-        return match["size"]
     (left,) = [o for o in objects if (o["row"], o["col"]) == (match["row"], match["col"] - 1)]
     return left["shape"]
 
@@ -75,8 +73,8 @@ def test_processor_gives_256_visual_tokens_per_image(processor):
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert lab_processor.VISUAL_TOKENS == 256
     assert (inputs["input_ids"] == image_id).sum(-1).tolist() == [256] * 4
-    assert inputs["image_grid_thw"].tolist() == [[1, 32, 32]] * 4
-    assert inputs["pixel_values"].shape == (4 * 32 * 32, 3 * 2 * 4 * 4)
+    assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]] * 4
+    assert inputs["pixel_values"].shape == (4 * 16 * 16, 3 * 2 * 8 * 8)
     # the question follows the image; no unknown words
     ids = inputs["input_ids"][0].tolist()
     assert ids.index(processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")) < len(ids) - 5
@@ -116,14 +114,29 @@ def test_shipped_weights_are_small():
     assert total <= 20 * 2**20
 
 
-def test_cell_labels_mark_each_object_on_its_four_visual_tokens():
+def test_cell_labels_mark_each_object_on_its_visual_token_and_its_right_neighbour():
     from sgl_patch.lab.train import cell_labels
 
     samples = make_dataset(3, seed=6)
     labels = cell_labels(samples).reshape(3, 16, 16, 3)
     for sample, grid in zip(samples, labels):
-        assert int((grid[..., 0] > 0).sum()) == 4 * len(sample["objects"])
+        assert int((grid[..., 0] > 0).sum()) == len(sample["objects"])
         for o in sample["objects"]:
-            cell = grid[2 * o["row"]:2 * o["row"] + 2, 2 * o["col"]:2 * o["col"] + 2]
-            assert (cell[..., 0] == list(scenes.COLOURS).index(o["colour"]) + 1).all()
-            assert (cell[..., 1] == scenes.SHAPES.index(o["shape"]) + 1).all()
+            shape = scenes.SHAPES.index(o["shape"]) + 1
+            assert grid[o["row"], o["col"], 0] == list(scenes.COLOURS).index(o["colour"]) + 1
+            assert grid[o["row"], o["col"], 1] == shape
+            if o["col"] + 1 < 16:
+                assert grid[o["row"], o["col"] + 1, 2] == shape
+        assert int((grid[..., 2] > 0).sum()) == sum(o["col"] + 1 < 16 for o in sample["objects"])
+
+
+def test_training_batches_start_on_small_scenes_the_processor_keeps():
+    from sgl_patch.lab.train import STAGES, batch, cell_labels
+
+    processor = lab_processor.build_processor()
+    for stage, (cells, copies, most) in enumerate(STAGES):
+        samples = batch(0, stage, 3, seed=0)
+        inputs = lab_processor.encode(processor, samples, answers=True)
+        assert inputs["image_grid_thw"].tolist() == [[1, cells, cells]] * 3
+        assert cell_labels(samples).shape == (3 * cells * cells, 3)
+        assert all(s["image"].size == (cells * scenes.CELL,) * 2 for s in samples)

@@ -192,6 +192,12 @@ class Adapter:
             return model(**inputs, use_cache=False).logits
         return model(**inputs, use_cache=False, logits_to_keep=n_last).logits
 
+    def image_token_layout(self, model, inputs: dict, row: int):
+        """Where sample ``row``'s visual tokens lie in its images, for pictures of what was kept
+        (``sgl-patch show``): per image, in token order, ``(token rows, token columns, pixels per
+        token side)`` of the image as the processor resized it; None where this family does not say."""
+        return None
+
     # -- batches ---------------------------------------------------------------------------
     def select_samples(self, model, inputs: dict, index: torch.Tensor) -> dict:
         """The model inputs of the samples ``index`` (a 1-D long tensor), in that order.

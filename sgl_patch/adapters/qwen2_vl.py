@@ -38,6 +38,17 @@ class Qwen2VLAdapter(Adapter):
                 if inputs.get(key) is not None:
                     out[key] = inputs[key][items]
 
+    def image_token_layout(self, model, inputs, row):
+        grid = inputs.get("image_grid_thw")
+        if grid is None or inputs.get("video_grid_thw") is not None:
+            return None  # frames of videos interleave with images in the token order: images only
+        vision = model.config.vision_config
+        merge = vision.spatial_merge_size
+        per_item = [t * h * w // merge ** 2 for t, h, w in grid.tolist()]
+        tokens = (inputs["input_ids"] == model.config.image_token_id).sum(1)
+        items = items_of_samples(tokens, per_item)[row]
+        return [(int(grid[i, 1]) // merge, int(grid[i, 2]) // merge, vision.patch_size * merge) for i in items]
+
 
 ADAPTER = Qwen2VLAdapter(
     family="qwen2_vl",

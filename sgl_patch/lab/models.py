@@ -1,5 +1,5 @@
-"""The lab's two Qwen2-VL models: one vision geometry (patch 4, merge 2, 256 visual tokens per scene)
-and one tokenizer, a small and a large language model (the large 3x deeper and 2x wider), and the
+"""The lab's two Qwen2-VL models: one vision geometry (8-pixel patches, no merge, 256 visual tokens per
+scene) and one tokenizer, a small and a large language model (the large 3x deeper and 2x wider), and the
 files they are saved as (float16 safetensors beside the processor's files)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ VOCAB = 64          # the word-level tokenizer has 50 entries; room to spare
 # name: (text hidden, layers, heads, kv heads, mlp, vision dim, vision depth, vision heads)
 SIZES = {
     "small": (64, 2, 4, 2, 192, 48, 1, 2),
-    "large": (128, 6, 4, 2, 384, 64, 2, 4),
+    "large": (128, 6, 4, 2, 256, 64, 2, 4),
 }
 
 

@@ -1,16 +1,16 @@
 """The lab's tokenizer and ``Qwen2VLProcessor``: a word-level tokenizer trained with ``tokenizers``
 on the task's text, Qwen2-VL's special tokens and chat template, and an image processor that turns
-every 128 x 128 scene into the same 32 x 32 patch grid (patch 4), i.e. 16 x 16 = 256 visual tokens
-after the 2 x 2 merge."""
+every 128 x 128 scene into the same 16 x 16 grid of 8-pixel patches, i.e. 256 visual tokens (merge
+size 1: each patch is one token, so one object of the scene is one token)."""
 
 from __future__ import annotations
 
 from . import scenes
 
-PATCH = 4
-MERGE = 2
+PATCH = 8
+MERGE = 1
 TEMPORAL_PATCH = 2
-GRID = scenes.SIDE // PATCH                  # 32 patches a side
+GRID = scenes.SIDE // PATCH                  # 16 patches a side
 VISUAL_TOKENS = (GRID // MERGE) ** 2          # 256 per image
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<unk>"]
@@ -49,10 +49,10 @@ def build_processor():
         unk_token="<unk>", padding_side="left", model_max_length=1024,
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                               "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"})
-    pixels = scenes.SIDE * scenes.SIDE
+    # scenes of 4 x 4 to 16 x 16 cells keep their size (training starts small); larger images shrink
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=PATCH, merge_size=MERGE, temporal_patch_size=TEMPORAL_PATCH,
-        size={"shortest_edge": pixels, "longest_edge": pixels})
+        size={"shortest_edge": (4 * scenes.CELL) ** 2, "longest_edge": scenes.SIDE ** 2})
     return _processor_class()(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 

@@ -1,17 +1,16 @@
 """The lab's task: procedurally drawn scenes and questions whose answers sit in a few visual tokens.
 
 A scene is a ``SIDE`` x ``SIDE`` RGB image: a dark, noisy background with grey clutter (lines and
-specks), and a few objects, each a shape of one colour and one size, drawn in its own cell of a
-``CELLS`` x ``CELLS`` grid.  With the lab's processor (patch 4, merge 2) one cell is exactly
-2 x 2 visual tokens, so an object covers 4 of the image's 256 tokens.  Each question points at
-objects through an attribute that only they carry, so which tokens hold the answer depends on
-the question:
+specks), and a few objects, each a shape of one colour, drawn in its own cell of a ``CELLS`` x
+``CELLS`` grid.  With the lab's processor (8-pixel patches, no merge) one cell is exactly one
+visual token, so an object is 1 of the image's 256 tokens.  Each question points at objects
+through an attribute that only they carry, so which tokens hold the answer depends on the
+question:
 
 - ``colour``: "what colour is the triangle ?" (the only triangle) -> a colour;
 - ``shape``:  "which shape is red ?" (the only red object) -> a shape;
 - ``count``:  "how many circles are there ?" -> one, two or three;
-- ``left``:   "what shape is left of the blue square ?" (the object in the cell just left of it) -> a shape;
-- ``size``:   "what size is the green cross ?" -> small or big.
+- ``left``:   "what shape is left of the blue square ?" (the object in the cell just left of it) -> a shape.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same scenes.
 """
@@ -22,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SIDE = 128                  # pixels
-CELLS = 8                   # objects sit in an 8 x 8 grid of 16-pixel cells (2 x 2 visual tokens each)
+CELLS = 16                  # objects sit in a 16 x 16 grid of 8-pixel cells (one visual token each)
 CELL = SIDE // CELLS
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 235),
@@ -31,25 +30,23 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
            "cross": "crosses"}
-SIZES = ("small", "big")
 COUNTS = ("one", "two", "three")
-KINDS = ("colour", "shape", "count", "left", "size")
-MAX_OBJECTS = 6
-HELD_OUT_OBJECTS = (3, MAX_OBJECTS)   # objects per scene in make_dataset
+KINDS = ("colour", "shape", "count", "left")
+MAX_OBJECTS = 8
+HELD_OUT_OBJECTS = (4, MAX_OBJECTS)   # objects per scene in make_dataset
 
 
 def vocabulary() -> list[str]:
     """Every word a question or an answer of the task can use (the tokenizer's base vocabulary)."""
     words = {"what", "colour", "is", "the", "which", "shape", "how", "many", "are", "there", "left",
-             "of", "size", "?", "user", "assistant", "system", "you", "a", "helpful"}
-    words |= set(COLOURS) | set(SHAPES) | set(PLURALS.values()) | set(SIZES) | set(COUNTS)
+             "of", "?", "user", "assistant", "system", "you", "a", "helpful"}
+    words |= set(COLOURS) | set(SHAPES) | set(PLURALS.values()) | set(COUNTS)
     return sorted(words)
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, row: int, col: int, shape: str, colour: str, size: str) -> None:
-    margin = 1 if size == "big" else 4
-    x0, y0 = col * CELL + margin, row * CELL + margin
-    x1, y1 = (col + 1) * CELL - 1 - margin, (row + 1) * CELL - 1 - margin
+def _draw_object(draw: ImageDraw.ImageDraw, row: int, col: int, shape: str, colour: str) -> None:
+    x0, y0 = col * CELL, row * CELL               # the shape fills its cell: 8 pixels tell five shapes apart
+    x1, y1 = x0 + CELL - 1, y0 + CELL - 1
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=fill)
@@ -61,27 +58,29 @@ def _draw_object(draw: ImageDraw.ImageDraw, row: int, col: int, shape: str, colo
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         draw.polygon((cx, y0, x1, cy, cx, y1, x0, cy), fill=fill)
     else:  # cross
-        w = max(1, (x1 - x0 + 1) // 3)
+        w = 3                                      # arms two pixels thick: not a diamond
         draw.rectangle((x0, y0 + w, x1, y1 - w), fill=fill)
         draw.rectangle((x0 + w, y0, x1 - w, y1), fill=fill)
 
 
-def render(objects: list[dict], rng: np.random.Generator) -> Image.Image:
-    """Draw ``objects`` (dicts with row, col, shape, colour, size) over a cluttered background."""
+def render(objects: list[dict], rng: np.random.Generator, cells: int = CELLS) -> Image.Image:
+    """Draw ``objects`` (dicts with row, col, shape, colour) over a cluttered background of
+    ``cells`` x ``cells`` cells (training starts on smaller scenes than the held-out ones)."""
+    side = cells * CELL
     base = rng.integers(15, 60)
-    noise = rng.normal(0, 8, (SIDE, SIDE, 1)).repeat(3, axis=2)
+    noise = rng.normal(0, 8, (side, side, 1)).repeat(3, axis=2)
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(2, 7)):                      # clutter: grey lines and specks
+    for _ in range(rng.integers(2, 2 + side // 24)):         # clutter: grey lines and specks
         grey = int(rng.integers(90, 170))
-        x0, y0, x1, y1 = (int(v) for v in rng.integers(0, SIDE, 4))
+        x0, y0, x1, y1 = (int(v) for v in rng.integers(0, side, 4))
         if rng.random() < 0.5:
             draw.line((x0, y0, x1, y1), fill=(grey, grey, grey), width=1)
         else:
             draw.rectangle((x0, y0, x0 + 1, y0 + 1), fill=(grey, grey, grey))
     for obj in objects:
-        _draw_object(draw, obj["row"], obj["col"], obj["shape"], obj["colour"], obj["size"])
+        _draw_object(draw, obj["row"], obj["col"], obj["shape"], obj["colour"])
     return image
 
 
@@ -90,21 +89,20 @@ def _pick(rng, options, exclude=()):
     return options[int(rng.integers(len(options)))]
 
 
-def make_scene(rng: np.random.Generator, n_objects: int, kind: str | None = None) -> dict:
+def make_scene(rng: np.random.Generator, n_objects: int, kind: str | None = None, cells: int = CELLS) -> dict:
     """One sample: ``image``, ``question``, ``answer`` and, for training and tests, ``objects``
-    (row, col, shape, colour, size of each), ``target`` (indices of the objects the answer depends
-    on) and ``kind``."""
+    (row, col, shape, colour of each), ``target`` (indices of the objects the answer depends
+    on), ``kind`` and ``cells`` (the grid's side)."""
     kind = kind or KINDS[int(rng.integers(len(KINDS)))]
     n = max(n_objects, 2 if kind == "left" else 1)
-    cells = [(r, c) for r in range(CELLS) for c in range(CELLS)]
+    grid = [(r, c) for r in range(cells) for c in range(cells)]
     if kind == "left":
-        r, c = int(rng.integers(CELLS)), int(rng.integers(1, CELLS))
-        rest = [x for x in cells if x not in ((r, c), (r, c - 1))]
+        r, c = int(rng.integers(cells)), int(rng.integers(1, cells))
+        rest = [x for x in grid if x not in ((r, c), (r, c - 1))]
         chosen = [(r, c), (r, c - 1)] + [rest[i] for i in rng.choice(len(rest), n - 2, replace=False)]
     else:
-        chosen = [cells[i] for i in rng.choice(len(cells), n, replace=False)]
-    objects = [dict(row=r, col=c, shape=_pick(rng, SHAPES), colour=_pick(rng, COLOURS), size=_pick(rng, SIZES))
-               for r, c in chosen]
+        chosen = [grid[i] for i in rng.choice(len(grid), n, replace=False)]
+    objects = [dict(row=r, col=c, shape=_pick(rng, SHAPES), colour=_pick(rng, COLOURS)) for r, c in chosen]
     target = objects[0]
     if kind == "colour":         # the target's shape is unique
         for o in objects[1:]:
@@ -125,22 +123,19 @@ def make_scene(rng: np.random.Generator, n_objects: int, kind: str | None = None
             elif o["shape"] == shape:
                 o["shape"] = _pick(rng, SHAPES, (shape,))
         question, answer, targets = f"how many {PLURALS[shape]} are there ?", COUNTS[k - 1], list(range(k))
-    elif kind in ("left", "size"):   # the target's (colour, shape) pair is unique
+    elif kind == "left":         # the target's (colour, shape) pair is unique
         for o in objects[1:]:
             if (o["colour"], o["shape"]) == (target["colour"], target["shape"]):
                 o["shape"] = _pick(rng, SHAPES, (target["shape"],))
         name = f"{target['colour']} {target['shape']}"
-        if kind == "left":
-            question, answer, targets = f"what shape is left of the {name} ?", objects[1]["shape"], [0, 1]
-        else:
-            question, answer, targets = f"what size is the {name} ?", target["size"], [0]
+        question, answer, targets = f"what shape is left of the {name} ?", objects[1]["shape"], [0, 1]
     else:
         raise ValueError(f"unknown question kind {kind!r}; one of {KINDS}")
     order = rng.permutation(len(objects))        # the target is not always drawn first
     objects = [objects[i] for i in order]
     targets = sorted(int(np.where(order == t)[0][0]) for t in targets)
-    return dict(image=render(objects, rng), question=question, answer=answer, objects=objects,
-                target=targets, kind=kind)
+    return dict(image=render(objects, rng, cells), question=question, answer=answer, objects=objects,
+                target=targets, kind=kind, cells=cells)
 
 
 def make_dataset(n: int, seed: int = 0, objects: tuple[int, int] = HELD_OUT_OBJECTS) -> list[dict]:

@@ -4,19 +4,21 @@ Seeded and resumable: the batch of step ``s`` is drawn from ``(seed + 1000, s)``
 resumed run sees the same data as an uninterrupted one.  What helps tiny VLMs past the plateau of
 naming *a* colour in the scene (DESIGN.md section 7):
 
-- a curriculum (``STAGES``): scenes of 1-2 objects, each drawn in several copies for the questions
-  that copies do not change (colour, shape, size), then single copies, then up to
-  ``scenes.MAX_OBJECTS`` objects;
+- a curriculum (``STAGES``): small scenes first (4 x 4 cells: 16 visual tokens, where attention
+  to the right token carries a strong gradient), with 1-2 objects, each drawn in several copies
+  for the questions that copies do not change (colour, shape); then larger scenes, single copies,
+  and up to ``scenes.MAX_OBJECTS`` objects on the held-out 16 x 16 grid;
 - a steady learning rate (warm-up, constant, a short linear decay over the last 15% of steps);
 - an auxiliary loss on every visual token: a linear head on the vision tower's merged output
-  predicts the colour, shape and size of the object in that token's cell (or none);
+  predicts the colour and shape of the object in that token's cell and the shape of the object
+  in the cell to its left (or none);
 - an auxiliary answer loss on every text token after the image (the question's words and the
   template's): a linear head on the last hidden state predicts the answer word there, so the
   question's own words learn to look up the objects they name (one hop) and the answer position
   only has to read them.  Both heads live outside the model, in the training state only: the
   saved model is a standard checkpoint.
 
-The curriculum advances when the answers of the last 100 training batches are 85% right, and at
+The curriculum advances when the answers of the last 100 training batches are 80% right, and at
 the latest by the step schedule ``LATEST``.
 
 Every ``--save-every`` seconds the model is saved as float16 safetensors with the processor's
@@ -37,12 +39,16 @@ import numpy as np
 from . import models, scenes
 from . import processor as lab_processor
 
-DEFAULT_STEPS = {"small": 6000, "large": 2500}
-# stages: (copies of each object in colour/shape/size scenes, most objects per scene); copies make the
-# objects' tokens many among the 256, so the language model first learns to read objects at all
-STAGES = ((8, 2), (4, 2), (2, 2), (1, 2), (1, 3), (1, 4), (1, 5), (1, scenes.MAX_OBJECTS))
-LATEST = (0.06, 0.1, 0.14, 0.2, 0.3, 0.4, 0.5)   # fraction of steps by which stage i + 1 starts at the latest
-ADVANCE_AT = 0.85   # running training accuracy that moves the curriculum on
+DEFAULT_STEPS = {"small": 6000, "large": 4000}
+DEFAULT_LR = {"small": 3e-3, "large": 2e-3}
+# stages: (cells a side, copies of each object in colour/shape scenes, most objects per scene); few
+# visual tokens and many copies first, so the language model learns to read objects at all
+STAGES = ((4, 2, 2), (8, 2, 2), (8, 1, 3), (16, 2, 3), (16, 1, 4), (16, 1, 6), (16, 1, scenes.MAX_OBJECTS))
+# fraction of the steps by which stage i + 1 starts at the latest.  The first stage needs its time:
+# on 16 visual tokens a tiny model's answers sit near chance for ~1000 steps before attention finds
+# the queried object, and on 64 or 256 tokens they do not leave chance at all in that time
+LATEST = (0.35, 0.45, 0.55, 0.62, 0.7, 0.78)
+ADVANCE_AT = 0.8    # running training accuracy that moves the curriculum on
 
 
 def scheduled_stage(step: int, steps: int) -> int:
@@ -50,50 +56,46 @@ def scheduled_stage(step: int, steps: int) -> int:
     return sum(step >= fraction * steps for fraction in LATEST)
 
 
-def max_objects(step: int, steps: int) -> int:
-    return STAGES[scheduled_stage(step, steps)][1]
-
-
 def _with_copies(sample: dict, copies: int, rng) -> dict:
-    if copies == 1 or sample["kind"] not in ("colour", "shape", "size"):
+    if copies == 1 or sample["kind"] not in ("colour", "shape"):
         return sample
-    taken = {(o["row"], o["col"]) for o in sample["objects"]}
-    free = [(r, c) for r in range(scenes.CELLS) for c in range(scenes.CELLS) if (r, c) not in taken]
+    taken, cells = {(o["row"], o["col"]) for o in sample["objects"]}, sample["cells"]
+    free = [(r, c) for r in range(cells) for c in range(cells) if (r, c) not in taken]
     extra = []
-    cells = rng.permutation(len(free))[:len(sample["objects"]) * (copies - 1)]
-    for i, cell in enumerate(cells):
+    spots = rng.permutation(len(free))[:len(sample["objects"]) * (copies - 1)]
+    for i, spot in enumerate(spots):
         obj = dict(sample["objects"][i % len(sample["objects"])])
-        obj["row"], obj["col"] = free[cell]
+        obj["row"], obj["col"] = free[spot]
         extra.append(obj)
     objects = sample["objects"] + extra
-    return dict(sample, objects=objects, image=scenes.render(objects, rng),
+    return dict(sample, objects=objects, image=scenes.render(objects, rng, cells),
                 target=sample["target"] + [len(sample["objects"]) + i for i in range(len(extra))
                                            if i % len(sample["objects"]) in sample["target"]])
 
 
 def batch(step: int, stage: int, size: int, seed: int) -> list[dict]:
     rng = np.random.default_rng([seed + 1000, step])
-    copies, most = STAGES[stage]
-    return [_with_copies(scenes.make_scene(rng, int(rng.integers(1, most + 1))), copies, rng) for _ in range(size)]
+    cells, copies, most = STAGES[stage]
+    return [_with_copies(scenes.make_scene(rng, int(rng.integers(1, most + 1)), cells=cells), copies, rng)
+            for _ in range(size)]
 
 
 def cell_labels(samples: list[dict]):
-    """Per visual token (16 x 16 per image, raster order): colour, shape and size of the object in
-    its cell (0: none)."""
+    """Per visual token (one per cell, raster order, images one after another): the colour and the
+    shape of the object in its cell, and the shape of the object in the cell to its left (0: none)."""
     import torch
 
-    side = lab_processor.GRID // lab_processor.MERGE
-    per_cell = side // scenes.CELLS
     colours, shapes = list(scenes.COLOURS), list(scenes.SHAPES)
-    labels = torch.zeros(len(samples), 3, side, side, dtype=torch.long)
-    for i, sample in enumerate(samples):
+    per_image = []
+    for sample in samples:
+        cells = sample["cells"]
+        labels = torch.zeros(cells, cells, 3, dtype=torch.long)
         for o in sample["objects"]:
-            rows = slice(o["row"] * per_cell, (o["row"] + 1) * per_cell)
-            cols = slice(o["col"] * per_cell, (o["col"] + 1) * per_cell)
-            labels[i, 0, rows, cols] = colours.index(o["colour"]) + 1
-            labels[i, 1, rows, cols] = shapes.index(o["shape"]) + 1
-            labels[i, 2, rows, cols] = scenes.SIZES.index(o["size"]) + 1
-    return labels.permute(0, 2, 3, 1).reshape(-1, 3)
+            labels[o["row"], o["col"], 0] = colours.index(o["colour"]) + 1
+            labels[o["row"], o["col"], 1] = shapes.index(o["shape"]) + 1
+        labels[:, 1:, 2] = labels[:, :-1, 1]
+        per_image.append(labels.reshape(-1, 3))
+    return torch.cat(per_image)
 
 
 def evaluate(model, processor, samples: list[dict], batch_size: int = 50) -> dict:
@@ -124,12 +126,13 @@ def train(*args, **kwargs) -> dict:
 
 
 def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, batch_size: int = 16,
-          lr: float = 1e-3, aux_weight: float = 0.5, eval_every: int = 250, eval_samples: int = 300,
+          lr: float | None = None, aux_weight: float = 0.5, eval_every: int = 250, eval_samples: int = 300,
           save_every: float = 180.0, threads: int | None = None) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    lr = lr or DEFAULT_LR[name]
     out = Path(out)
     state_dir = out / ".train_state"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,7 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
     hidden = model.config.text_config.hidden_size
     torch.manual_seed(seed + 1)
     head = torch.nn.ModuleDict({
-        "cells": torch.nn.Linear(hidden, 1 + len(scenes.COLOURS) + 1 + len(scenes.SHAPES) + 1 + len(scenes.SIZES)),
+        "cells": torch.nn.Linear(hidden, 1 + len(scenes.COLOURS) + 2 * (1 + len(scenes.SHAPES))),
         "answer": torch.nn.Linear(hidden, models.VOCAB)})
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -165,7 +168,7 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
     held_out = scenes.make_dataset(eval_samples, seed=0)
     visual = {}
     hook = model.model.visual.register_forward_hook(lambda m, a, o: visual.__setitem__("merged", o.pooler_output))
-    splits = (1 + len(scenes.COLOURS), 1 + len(scenes.SHAPES), 1 + len(scenes.SIZES))
+    splits = (1 + len(scenes.COLOURS), 1 + len(scenes.SHAPES), 1 + len(scenes.SHAPES))
     warmup, decay_from = 200, int(0.85 * steps)
 
     def save() -> None:
@@ -192,30 +195,31 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
         output = model(**inputs, labels=labels, output_hidden_states=True)
         logits = head["cells"](visual["merged"])
         targets = cell_labels(samples)
-        aux = sum(torch.nn.functional.cross_entropy(part, targets[:, i])
-                  for i, part in enumerate(logits.split(splits, dim=-1)))
+        cells_loss = sum(torch.nn.functional.cross_entropy(part, targets[:, i])
+                         for i, part in enumerate(logits.split(splits, dim=-1)))
         # text after the image, up to the answer: each position predicts the answer word
         positions = torch.arange(ids.shape[1])
         after = (ids == model.config.vision_end_token_id).long().argmax(-1, keepdim=True)
         text = (positions > after) & (positions < ids.shape[1] - 2)
         answer_logits = head["answer"](output.hidden_states[-1][text])
         answer_ids = ids[:, -2:-1].expand_as(text)[text]
-        aux = aux + torch.nn.functional.cross_entropy(answer_logits, answer_ids)
-        loss = output.loss + aux_weight * aux
+        early_answer_loss = torch.nn.functional.cross_entropy(answer_logits, answer_ids)
+        loss = output.loss + aux_weight * (cells_loss + early_answer_loss)
         window.append(float((output.logits[:, -3].argmax(-1) == ids[:, -2]).float().mean()))
         window = window[-100:]
         if len(window) == 100 and np.mean(window) >= ADVANCE_AT and stage < len(STAGES) - 1:
             stage, window = stage + 1, []
-            log({"step": step, "event": "curriculum", "stage": stage, "copies, most objects": STAGES[stage]})
+            log({"step": step, "event": "curriculum", "stage": stage, "cells, copies, most objects": STAGES[stage]})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        recent.append((output.loss.item(), aux.item()))
+        recent.append((output.loss.item(), cells_loss.item(), early_answer_loss.item()))
         if step % 50 == 0:
-            answer, cells = np.mean(recent, axis=0)
-            log({"step": step, "loss": round(float(answer), 4), "aux": round(float(cells), 4),
+            answer, cells, early = np.mean(recent, axis=0)
+            log({"step": step, "loss": round(float(answer), 4), "cells_loss": round(float(cells), 4),
+                 "early_answer_loss": round(float(early), 4),
                  "stage": stage, "train_acc": round(float(np.mean(window or [0])), 3), "lr": round(lr * scale, 6),
                  "steps_per_s": round(step / (time.time() - t0), 3) if not resume else None})
             recent = []
@@ -228,9 +232,7 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
     return evaluate(model, processor, held_out)
 
 
-def add_parser(commands) -> None:
-    lab = commands.add_parser("lab", help="the SGL lab: a trained small/large Qwen2-VL pair on a drawn VQA task")
-    sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the lab's small and large models from scratch (CPU)",
                        description="Train the small model, then the large one (or --only one), saving float16 "
                                    "checkpoints with the processor every few minutes; --resume continues.")
@@ -241,7 +243,7 @@ def add_parser(commands) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/.train_state")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {DEFAULT_LR})")
     p.add_argument("--aux-weight", type=float, default=0.5, help="weight of the auxiliary losses (per visual token; answer at the question's tokens)")
     p.add_argument("--eval-every", type=int, default=250, metavar="STEPS")
     p.add_argument("--save-every", type=float, default=180.0, metavar="SECONDS")

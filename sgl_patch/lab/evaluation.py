@@ -1,0 +1,285 @@
+"""``sgl-patch lab eval``: accuracy of the trained pair under pruning, per ranker, on held-out scenes.
+
+What it measures (all on the same held-out samples, greedy answers, first word scored):
+
+- the large model alone and the small model alone;
+- the pruned large model at the paper's three points, for every ranker in ``sgl_patch.rankers``.
+  The paper prunes InternVL2-26B (48 layers) at layer K keeping a share r of the visual tokens:
+  (K=19, r=0.40), (K=9, r=0.20), (K=2, r=0.05), its "64%", "35%" and "9%" layer-averaged token
+  ratios.  Here K keeps its share of the depth (at least 1, so FastV has a layer to read) and r is
+  the paper's; the ratio that results on the lab's shallower model is printed beside each point;
+- where each ranker's kept tokens fall: the share of samples whose answer objects' tokens are all
+  kept ("target recall"), which explains the accuracies;
+- SEE (early exit) on top of SGL at the 9% point: accuracy against the share of samples sent to
+  the large model, over every threshold;
+- the small model's global attention map against the large model's (the paper's premise):
+  Spearman correlation, and the overlap of their top-r token sets.
+
+Everything goes into one dict (``--json``); ``render`` makes the terminal table and ``plot`` the PNG
+of accuracy against the token ratio, one line per ranker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import processor as lab_processor
+from . import scenes
+
+PAPER_DEPTH = 48
+# the paper's points: name -> (layer K of 48, retain r)
+PAPER_POINTS = {"64%": (19, 0.40), "35%": (9, 0.20), "9%": (2, 0.05)}
+GENERATE = {"max_new_tokens": 3, "do_sample": False}
+
+
+def points(num_layers: int) -> list[dict]:
+    """The paper's three points on a model of ``num_layers`` layers: K scaled, r kept."""
+    from ..config import token_ratio
+
+    out = []
+    for name, (layer, retain) in PAPER_POINTS.items():
+        k = max(1, round(layer * num_layers / PAPER_DEPTH))
+        out.append({"point": name, "layer": k, "retain": retain, "ratio": token_ratio(k, retain, num_layers)})
+    return out
+
+
+def answers(model, processor, samples: list[dict], batch_size: int) -> list[str]:
+    """The model's greedy answer text for each sample (left-padded batches, as users run them)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            inputs = lab_processor.encode(processor, chunk)
+            sequences = model.generate(**inputs, **GENERATE)
+            new = sequences[:, inputs["input_ids"].shape[1]:]
+            out += [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+    return out
+
+
+def _accuracy(predictions: list[str], samples: list[dict]) -> float:
+    return float(np.mean([scenes.is_correct(p, s["answer"]) for p, s in zip(predictions, samples)]))
+
+
+def target_tokens(sample: dict) -> list[int]:
+    """Visual-token indices (raster order, one token per cell) of the objects the answer depends on."""
+    cells = sample.get("cells", scenes.CELLS)
+    return [sample["objects"][i]["row"] * cells + sample["objects"][i]["col"] for i in sample["target"]]
+
+
+def rankings(large, small, processor, samples: list[dict], ranker: str, layer: int, batch_size: int):
+    """Each sample's visual-token scores from ``ranker`` (what ``apply`` would prune by), ``[n, 256]``."""
+    import torch
+
+    from ..adapters import adapter_for
+    from ..capture import generate_with_importance
+    from ..rankers import ranker_for
+
+    adapter, chosen, rows = adapter_for(large), ranker_for(ranker), []
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            inputs = dict(lab_processor.encode(processor, samples[start:start + batch_size]))
+            own = generate_with_importance(small, small.generate, inputs, dict(GENERATE), with_confidence=False) \
+                if chosen.uses_small else None
+            ranked = chosen.rank(large, adapter, inputs, dict(GENERATE), layer=layer, small=own, generate=large.generate)
+            rows.append((ranked.prefill + ranked.decode).float().cpu())
+    return torch.cat(rows)
+
+
+def recall(scores, samples: list[dict], retain: float) -> float:
+    """Share of samples whose answer tokens are all among the top ``retain`` of their visual tokens."""
+    from ..prune import keep_count
+
+    hits = []
+    for row, sample in zip(scores, samples):
+        kept = set(row.topk(keep_count(row.numel(), retain)).indices.tolist())
+        hits.append(set(target_tokens(sample)) <= kept)
+    return float(np.mean(hits))
+
+
+def map_similarity(small_scores, large_scores, retain: float) -> dict:
+    """The small model's global attention map against the large model's, per sample, averaged."""
+    from ..prune import keep_count
+
+    rho, overlap = [], []
+    for a, b in zip(small_scores, large_scores):
+        ranks_a, ranks_b = a.argsort().argsort().double(), b.argsort().argsort().double()
+        rho.append(float(np.corrcoef(ranks_a.numpy(), ranks_b.numpy())[0, 1]))
+        k = keep_count(a.numel(), retain)
+        overlap.append(len(set(a.topk(k).indices.tolist()) & set(b.topk(k).indices.tolist())) / k)
+    return {"spearman": float(np.mean(rho)), f"top_{retain:g}_overlap": float(np.mean(overlap))}
+
+
+def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: int = 25, log=print) -> dict:
+    """The whole evaluation (see the module's docstring) as a JSON-ready dict."""
+    import sgl_patch
+
+    from ..calibrate import sweep
+    from ..rankers import RANKERS
+    from . import load_pair
+
+    small, large, processor = pair if pair is not None else load_pair()
+    rankers = list(rankers or RANKERS)
+    data = scenes.make_dataset(samples, seed=seed)
+    depth = large.config.text_config.num_hidden_layers
+    result = {"samples": samples, "seed": seed, "large_layers": depth,
+              "small_layers": small.config.text_config.num_hidden_layers, "kinds": list(scenes.KINDS)}
+
+    def timed(label, fn):
+        started = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - started
+        log(f"  {label}: {seconds:.1f} s")
+        return value, seconds
+
+    def per_kind(predictions):
+        return {kind: _accuracy([p for p, s in zip(predictions, data) if s["kind"] == kind],
+                                [s for s in data if s["kind"] == kind]) for kind in scenes.KINDS}
+
+    baseline = {}
+    for name, model in (("large", large), ("small", small)):
+        predictions, seconds = timed(f"{name} alone", lambda m=model: answers(m, processor, data, batch_size))
+        baseline[name] = {"accuracy": _accuracy(predictions, data), "by_kind": per_kind(predictions),
+                          "seconds": seconds}
+    result["baseline"] = baseline
+
+    result["points"] = []
+    for point in points(depth):
+        entry = dict(point, rankers={})
+        for ranker in rankers:
+            handle = sgl_patch.apply(large, small, layer=point["layer"], retain=point["retain"], ranker=ranker)
+            try:
+                predictions, seconds = timed(f"{point['point']} {ranker}",
+                                             lambda: answers(large, processor, data, batch_size))
+            finally:
+                handle.remove()
+            scores = rankings(large, small, processor, data, ranker, point["layer"], batch_size)
+            accuracy = _accuracy(predictions, data)
+            entry["rankers"][ranker] = {
+                "accuracy": accuracy, "of_large": accuracy / max(baseline["large"]["accuracy"], 1e-9),
+                "by_kind": per_kind(predictions), "target_recall": recall(scores, data, point["retain"]),
+                "seconds": seconds}
+        result["points"].append(entry)
+
+    nine = result["points"][-1]
+    result["see"] = _early_exit(large, small, processor, data, nine, baseline, batch_size, sweep)
+    small_map = rankings(large, small, processor, data, "small", nine["layer"], batch_size)
+    large_map = rankings(large, small, processor, data, "oracle", nine["layer"], batch_size)
+    result["map_similarity"] = map_similarity(small_map, large_map, nine["retain"])
+    random_map = rankings(large, small, processor, data, "random", nine["layer"], batch_size)
+    result["map_similarity_random"] = map_similarity(random_map, large_map, nine["retain"])
+    return result
+
+
+def _early_exit(large, small, processor, data, point, baseline, batch_size, sweep) -> dict:
+    """SGL at ``point`` with every sample's exit score recorded and both answers kept (threshold
+    above 1: nothing exits), then the accuracy of every threshold computed from the records."""
+    import sgl_patch
+
+    handle = sgl_patch.apply(large, small, layer=point["layer"], retain=point["retain"], exit_threshold=1.01,
+                             record_both=True, tokenizer=processor.tokenizer)
+    try:
+        answers(large, processor, data, batch_size)
+        records = handle.stats()
+    finally:
+        handle.remove()
+    rows = [(r["exit_score"], scenes.is_correct(r["small_answer"] or "", s["answer"]),
+             scenes.is_correct(r["large_answer"] or "", s["answer"])) for r, s in zip(records, data)]
+    table = sweep(rows)
+    large_alone = baseline["large"]["accuracy"]
+    # the threshold that sends 70% of the samples to the large model (the closest share at or above)
+    at_70 = min((row for row in table if row["share_large"] >= 0.7 - 1e-9), key=lambda row: row["share_large"])
+    return {"curve": [{"threshold": row["threshold"], "share_large": row["share_large"],
+                       "accuracy": row["accuracy"]} for row in table],
+            "at_70": dict(at_70, of_large=at_70["accuracy"] / max(large_alone, 1e-9)),
+            "layer": point["layer"], "retain": point["retain"]}
+
+
+def render(result: dict) -> str:
+    """The terminal table: accuracy (and share of the large model's) per point and ranker."""
+    base = result["baseline"]
+    lines = [f"held-out samples: {result['samples']} (seed {result['seed']}); "
+             f"large {result['large_layers']} layers, small {result['small_layers']}",
+             f"large alone {base['large']['accuracy']:.1%}   small alone {base['small']['accuracy']:.1%}", ""]
+    rankers = list(result["points"][0]["rankers"])
+    header = f"{'point':>6} {'K':>2} {'r':>5} {'ratio':>6} | " + " | ".join(f"{r:>14}" for r in rankers)
+    lines += [header, "-" * len(header)]
+    for p in result["points"]:
+        cells = [f"{p['rankers'][r]['accuracy']:6.1%} ({p['rankers'][r]['of_large']:5.1%})" for r in rankers]
+        lines.append(f"{p['point']:>6} {p['layer']:>2} {p['retain']:>5.2f} {p['ratio']:>6.1%} | " + " | ".join(cells))
+    lines.append("")
+    lines.append("target recall (answer tokens all kept): " + "; ".join(
+        f"{p['point']}: " + ", ".join(f"{r} {p['rankers'][r]['target_recall']:.0%}" for r in rankers)
+        for p in result["points"]))
+    see = result["see"]["at_70"]
+    lines.append(f"SEE at the threshold sending {see['share_large']:.0%} to the large model: accuracy "
+                 f"{see['accuracy']:.1%} ({see['of_large']:.1%} of the large model alone)")
+    sim, rnd = result["map_similarity"], result["map_similarity_random"]
+    lines.append("small vs large global attention: " + ", ".join(f"{k} {v:.2f}" for k, v in sim.items())
+                 + "  (random vs large: " + ", ".join(f"{k} {v:.2f}" for k, v in rnd.items()) + ")")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """Accuracy against the layer-averaged token ratio, one line per ranker, the two models flat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ratios = [p["ratio"] for p in result["points"]]
+    for ranker in result["points"][0]["rankers"]:
+        ax.plot(ratios, [p["rankers"][ranker]["accuracy"] for p in result["points"]], marker="o", label=ranker)
+    for name, style in (("large", "-"), ("small", ":")):
+        ax.axhline(result["baseline"][name]["accuracy"], color="grey", linestyle=style, label=f"{name} alone")
+    ax.set_xlabel("visual-token ratio (layer-averaged, as in the paper)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"SGL lab: {result['samples']} held-out scenes, seed {result['seed']}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of the trained pair under pruning, per ranker (table, JSON, PNG)",
+                       description="Accuracy on held-out scenes of the large model alone, the small one alone, "
+                                   "and the pruned large model at the paper's three points for every ranker; "
+                                   "SEE's accuracy against the share sent to the large model; the small-vs-large "
+                                   "attention-map similarity.")
+    p.add_argument("--samples", type=int, default=200, help="held-out scenes (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="held-out seed (the models trained on seeds >= 1000)")
+    p.add_argument("--rankers", default=None, help="comma-separated rankers (default: all)")
+    p.add_argument("--weights", default=None, help="directory with small/ and large/ (default: the shipped pair)")
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--json", default=None, metavar="PATH", help="write every figure here")
+    p.add_argument("--plot", default=None, metavar="PATH", help="PNG of accuracy against the token ratio")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from ..rankers import RANKERS
+    from . import load_pair
+
+    rankers = [r.strip() for r in args.rankers.split(",")] if args.rankers else None
+    for r in rankers or []:
+        if r not in RANKERS:
+            raise SystemExit(f"--rankers: unknown ranker {r!r}; choose from {', '.join(RANKERS)}")
+    if args.samples < 1:
+        raise SystemExit("--samples must be at least 1")
+    result = run(args.samples, args.seed, rankers, pair=load_pair(args.weights), batch_size=args.batch_size)
+    print(render(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
