@@ -56,25 +56,33 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a large model alone and with SGL on one batch; compare",
                                description=(
                                    "Run one batch through a large model, first unpatched and then "
-                                   "guided by a small one, and compare. Without --large/--small, tiny random "
-                                   "models of --family are built, saved and reloaded (CPU, a few seconds); "
-                                   "their timings show overhead, not speed-ups."))
+                                   "guided by a small one, and compare. With no --family/--large (on "
+                                   "transformers 5): the lab's trained Qwen2-VL pair on held-out scenes, with "
+                                   "real answers. With --family, tiny random models of that family are built, "
+                                   "saved and reloaded (CPU, a few seconds); their answers are noise and their "
+                                   "timings show overhead, not speed-ups."))
     families = tiny.names()
-    demo.add_argument("--family", metavar="NAME", default=families[0] if families else None,
-                      help=f"family of the built-in tiny models, those that run on the installed transformers: "
-                           f"{', '.join(families)} (default: {families[0] if families else 'none'})")
+    demo.add_argument("--family", metavar="NAME", default=None,
+                      help=f"family of the built-in tiny random models, those that run on the installed "
+                           f"transformers: {', '.join(families)} (default: the lab's trained pair where "
+                           f"transformers 5 is installed, else {families[0] if families else 'none'})")
     demo.add_argument("--llm", metavar="SMALL[:LARGE]", default=None, type=_llms,
                       help=f"--family internvl_chat: the language models of the small and the large model, "
                            f"from {', '.join(_LLM_KINDS)} (default: internlm2, as InternVL2-2B and -26B)")
     demo.add_argument("--large", metavar="PATH", help="saved Qwen2-VL / Qwen2.5-VL checkpoint (the large model)")
     demo.add_argument("--small", metavar="PATH", help="saved checkpoint of the same family (the small model)")
-    demo.add_argument("--layer", type=_layer, default=2,
+    demo.add_argument("--layer", type=_layer, default=None,
                       help="decoder layer K of the large model where visual tokens are dropped "
-                           "(int, or a fraction of the depth such as 0.1; default: 2)")
+                           "(int, or a fraction of the depth such as 0.1; default: 2, or the lab's 9%% point)")
     demo.add_argument("--retain", type=float, default=0.05,
                       help="fraction of visual tokens kept from layer K on (default: 0.05)")
     demo.add_argument("--exit-threshold", type=_threshold, default=None, metavar="S",
-                      help="early exit when the small model's score reaches S (default: none, no exit)")
+                      help="early exit when the small model's score reaches S (default: none, no exit; the "
+                           "lab's pair: 0.9)")
+    demo.add_argument("--samples", type=int, default=6, metavar="N", help="the lab's pair: held-out scenes (default: 6)")
+    demo.add_argument("--show", default="sgl_demo_kept.png", metavar="PNG",
+                      help="the lab's pair: picture of the tokens kept for the first scene (default: "
+                           "sgl_demo_kept.png; '' for none)")
     demo.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="default: 16")
     demo.add_argument("--images", default=None, metavar="HxW,...",
                       help="Qwen2-VL families: one synthetic image per sample, sides in vision patches (multiples "
@@ -248,10 +256,23 @@ def _demo(args) -> int:
 
     import sgl_patch
 
+    from . import tiny
     from .adapters import adapter_for
 
     if (args.large is None) != (args.small is None):
         raise ValueError("--large and --small go together: give both checkpoints, or neither for tiny models")
+    tiny_only = (args.family, args.large, args.images, args.llm)
+    if all(option is None for option in tiny_only) and "qwen2_vl" in tiny.names():
+        if args.samples < 1:
+            raise ValueError("--samples must be at least 1")
+        from .lab import demo as lab_demo
+
+        return lab_demo.run(args)
+    if args.family is None:
+        families = tiny.names()
+        args.family = families[0] if families else None
+    if args.layer is None:
+        args.layer = 2
     if args.family is None:
         raise ValueError(f"no tiny family runs on transformers {_transformers_version()}")
     if args.large is not None and args.family not in _CHECKPOINT_FAMILIES:

@@ -57,8 +57,9 @@ def test_recall_and_map_similarity_on_known_maps():
     perfect = torch.zeros(6, 256)
     for row, sample in zip(perfect, samples):
         row[evaluation.target_tokens(sample)] = 1.0
-    assert evaluation.recall(perfect, samples, 0.05) == 1.0
-    assert evaluation.recall(-perfect, samples, 0.05) == 0.0
+    assert evaluation.recall(evaluation.top(perfect, 0.05), samples) == 1.0
+    assert evaluation.recall(evaluation.top(-perfect, 0.05), samples) == 0.0
+    assert evaluation.recall([None] * 6, samples) == 0.0
     maps = torch.rand(6, 256, generator=torch.Generator().manual_seed(0))
     same = evaluation.map_similarity(maps, maps * 3 + 1, 0.05)
     assert same == {"spearman": pytest.approx(1.0), "top_0.05_overlap": 1.0}
@@ -81,8 +82,8 @@ def test_kept_tokens_are_the_rankers_top_share(pair):
         finally:
             sgl_patch.remove(large)
         assert len(kept) == 4
-        for row, indices in zip(scores, kept):
-            assert indices == sorted(row.topk(keep_count(256, 0.05)).indices.tolist())
+        assert kept == evaluation.top(scores, 0.05)
+        assert all(len(k) == keep_count(256, 0.05) for k in kept)
 
 
 def test_kept_tokens_outside_a_call_and_for_exits(pair):

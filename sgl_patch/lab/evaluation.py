@@ -91,15 +91,17 @@ def rankings(large, small, processor, samples: list[dict], ranker: str, layer: i
     return torch.cat(rows)
 
 
-def recall(scores, samples: list[dict], retain: float) -> float:
-    """Share of samples whose answer tokens are all among the top ``retain`` of their visual tokens."""
+def recall(kept: list, samples: list[dict]) -> float:
+    """Share of samples whose answer tokens are all among their ``kept`` visual tokens (index lists,
+    as ``sgl_patch.kept_visual_tokens`` reports them)."""
+    return float(np.mean([set(target_tokens(s)) <= set(k or ()) for k, s in zip(kept, samples)]))
+
+
+def top(scores, retain: float) -> list[list[int]]:
+    """The visual tokens each row of ``scores`` keeps at ``retain`` (what the pruning plan keeps)."""
     from ..prune import keep_count
 
-    hits = []
-    for row, sample in zip(scores, samples):
-        kept = set(row.topk(keep_count(row.numel(), retain)).indices.tolist())
-        hits.append(set(target_tokens(sample)) <= kept)
-    return float(np.mean(hits))
+    return [sorted(row.topk(keep_count(row.numel(), retain)).indices.tolist()) for row in scores]
 
 
 def map_similarity(small_scores, large_scores, retain: float) -> dict:
@@ -154,15 +156,15 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
         for ranker in rankers:
             handle = sgl_patch.apply(large, small, layer=point["layer"], retain=point["retain"], ranker=ranker)
             try:
-                predictions, seconds = timed(f"{point['point']} {ranker}",
-                                             lambda: answers(large, processor, data, batch_size))
+                with sgl_patch.kept_visual_tokens() as kept:
+                    predictions, seconds = timed(f"{point['point']} {ranker}",
+                                                 lambda: answers(large, processor, data, batch_size))
             finally:
                 handle.remove()
-            scores = rankings(large, small, processor, data, ranker, point["layer"], batch_size)
             accuracy = _accuracy(predictions, data)
             entry["rankers"][ranker] = {
                 "accuracy": accuracy, "of_large": accuracy / max(baseline["large"]["accuracy"], 1e-9),
-                "by_kind": per_kind(predictions), "target_recall": recall(scores, data, point["retain"]),
+                "by_kind": per_kind(predictions), "target_recall": recall(kept, data),
                 "seconds": seconds}
         result["points"].append(entry)
 
