@@ -95,7 +95,7 @@ def test_saved_pair_loads_and_generates(tmp_path, processor):
     small, large, loaded = models.load_pair(tmp_path)
     assert small.dtype == large.dtype == torch.float32
     assert small.config.vision_config.patch_size == large.config.vision_config.patch_size == lab_processor.PATCH
-    assert large.config.text_config.num_hidden_layers >= 3 * small.config.text_config.num_hidden_layers
+    assert large.config.text_config.num_hidden_layers >= 2 * small.config.text_config.num_hidden_layers
     assert large.config.text_config.hidden_size >= 2 * small.config.text_config.hidden_size
     from safetensors import safe_open
 
@@ -131,12 +131,38 @@ def test_cell_labels_mark_each_object_on_its_visual_token_and_its_right_neighbou
 
 
 def test_training_batches_start_on_small_scenes_the_processor_keeps():
-    from sgl_patch.lab.train import STAGES, batch, cell_labels
+    from sgl_patch.lab.train import STAGES, batch, cell_labels, encode_dialogues
 
     processor = lab_processor.build_processor()
-    for stage, (cells, copies, most) in enumerate(STAGES):
+    for stage, (cells, most) in enumerate(STAGES):
         samples = batch(0, stage, 3, seed=0)
-        inputs = lab_processor.encode(processor, samples, answers=True)
+        inputs = encode_dialogues(processor, samples)
         assert inputs["image_grid_thw"].tolist() == [[1, cells, cells]] * 3
         assert cell_labels(samples).shape == (3 * cells * cells, 3)
         assert all(s["image"].size == (cells * scenes.CELL,) * 2 for s in samples)
+        assert all(len(s["objects"]) <= max(most, 2) for s in samples)
+
+
+def test_every_question_about_a_scene_follows_from_it():
+    for sample in make_dataset(60, seed=8):
+        asked = scenes.questions_about(sample["objects"])
+        assert (sample["kind"], sample["question"], sample["answer"]) in asked
+        for kind, question, answer in asked:
+            assert _derive(dict(sample, kind=kind, question=question)) == answer, question
+
+
+def test_training_chats_mark_every_answer_and_never_repeat_one():
+    from sgl_patch.lab.train import QUESTIONS, answer_positions, batch, encode_dialogues
+
+    processor = lab_processor.build_processor()
+    samples = batch(3, 4, 8, seed=0)
+    inputs = encode_dialogues(processor, samples)
+    assert processor.tokenizer.convert_tokens_to_ids("<unk>") not in inputs["input_ids"]
+    at = answer_positions(inputs["input_ids"], processor)
+    for sample, row, ids in zip(samples, at, inputs["input_ids"]):
+        assert 1 <= len(sample["qa"]) <= QUESTIONS
+        assert processor.tokenizer.convert_ids_to_tokens(ids[row].tolist()) == [a for _, _, a in sample["qa"]]
+        for turn, (kind, question, answer) in enumerate(sample["qa"]):
+            assert _derive(dict(sample, kind=kind, question=question)) == answer
+            earlier = " ".join(q + " " + a for _, q, a in sample["qa"][:turn]).split()
+            assert answer not in earlier   # not to be copied from the chat's text

@@ -14,7 +14,7 @@ VOCAB = 64          # the word-level tokenizer has 50 entries; room to spare
 # name: (text hidden, layers, heads, kv heads, mlp, vision dim, vision depth, vision heads)
 SIZES = {
     "small": (64, 2, 4, 2, 192, 48, 1, 2),
-    "large": (128, 6, 4, 2, 256, 64, 2, 4),
+    "large": (128, 4, 4, 2, 256, 64, 2, 4),
 }
 
 

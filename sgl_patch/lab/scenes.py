@@ -138,6 +138,28 @@ def make_scene(rng: np.random.Generator, n_objects: int, kind: str | None = None
                 target=targets, kind=kind, cells=cells)
 
 
+def questions_about(objects: list[dict]) -> list[tuple[str, str, str]]:
+    """Every ``(kind, question, answer)`` a scene of ``objects`` answers unambiguously (training asks
+    several of them about one image)."""
+    out = []
+    shapes = [o["shape"] for o in objects]
+    colours = [o["colour"] for o in objects]
+    at = {(o["row"], o["col"]): o for o in objects}
+    for o in objects:
+        if shapes.count(o["shape"]) == 1:
+            out.append(("colour", f"what colour is the {o['shape']} ?", o["colour"]))
+        if colours.count(o["colour"]) == 1:
+            out.append(("shape", f"which shape is {o['colour']} ?", o["shape"]))
+        pair = [(x["colour"], x["shape"]) for x in objects].count((o["colour"], o["shape"]))
+        left = at.get((o["row"], o["col"] - 1))
+        if pair == 1 and left is not None:
+            out.append(("left", f"what shape is left of the {o['colour']} {o['shape']} ?", left["shape"]))
+    for shape in sorted(set(shapes)):
+        if shapes.count(shape) <= len(COUNTS):
+            out.append(("count", f"how many {PLURALS[shape]} are there ?", COUNTS[shapes.count(shape) - 1]))
+    return out
+
+
 def make_dataset(n: int, seed: int = 0, objects: tuple[int, int] = HELD_OUT_OBJECTS) -> list[dict]:
     """``n`` samples ``{"image": PIL.Image, "question": str, "answer": str}`` (plus ``objects``,
     ``target`` and ``kind``) of ``objects[0]..objects[1]`` objects each, drawn from ``seed``.  The

@@ -5,9 +5,10 @@ resumed run sees the same data as an uninterrupted one.  What helps tiny VLMs pa
 naming *a* colour in the scene (DESIGN.md section 7):
 
 - a curriculum (``STAGES``): small scenes first (4 x 4 cells: 16 visual tokens, where attention
-  to the right token carries a strong gradient), with 1-2 objects, each drawn in several copies
-  for the questions that copies do not change (colour, shape); then larger scenes, single copies,
-  and up to ``scenes.MAX_OBJECTS`` objects on the held-out 16 x 16 grid;
+  to the right token carries a strong gradient) with 1-2 objects, then larger scenes and up to
+  ``scenes.MAX_OBJECTS`` objects on the held-out 16 x 16 grid;
+- several questions about each image (``QUESTIONS``, one chat turn each): the image, which costs
+  most of a step, teaches four answers instead of one;
 - a steady learning rate (warm-up, constant, a short linear decay over the last 15% of steps);
 - an auxiliary loss on every visual token: a linear head on the vision tower's merged output
   predicts the colour and shape of the object in that token's cell and the shape of the object
@@ -39,16 +40,16 @@ import numpy as np
 from . import models, scenes
 from . import processor as lab_processor
 
-DEFAULT_STEPS = {"small": 6000, "large": 4000}
-DEFAULT_LR = {"small": 3e-3, "large": 2e-3}
-# stages: (cells a side, copies of each object in colour/shape scenes, most objects per scene); few
-# visual tokens and many copies first, so the language model learns to read objects at all
-STAGES = ((4, 2, 2), (8, 2, 2), (8, 1, 3), (16, 2, 3), (16, 1, 4), (16, 1, 6), (16, 1, scenes.MAX_OBJECTS))
-# fraction of the steps by which stage i + 1 starts at the latest.  The first stage needs its time:
-# on 16 visual tokens a tiny model's answers sit near chance for ~1000 steps before attention finds
-# the queried object, and on 64 or 256 tokens they do not leave chance at all in that time
-LATEST = (0.35, 0.45, 0.55, 0.62, 0.7, 0.78)
+DEFAULT_STEPS = {"small": 6000, "large": 5000}
+DEFAULT_LR = {"small": 3e-3, "large": 3e-3}
+# stages: (cells a side, most objects per scene).  Few visual tokens first: on 16 visual tokens a
+# tiny model's answers sit near chance for ~1000 steps before attention finds the queried object,
+# and on 64 or 256 tokens they do not leave chance in that time
+STAGES = ((4, 2), (8, 3), (8, 5), (16, 4), (16, 6), (16, scenes.MAX_OBJECTS))
+# fraction of the steps by which stage i + 1 starts at the latest
+LATEST = (0.3, 0.4, 0.5, 0.6, 0.7)
 ADVANCE_AT = 0.8    # running training accuracy that moves the curriculum on
+QUESTIONS = 4       # questions asked about each training image, one chat turn each
 
 
 def scheduled_stage(step: int, steps: int) -> int:
@@ -56,28 +57,48 @@ def scheduled_stage(step: int, steps: int) -> int:
     return sum(step >= fraction * steps for fraction in LATEST)
 
 
-def _with_copies(sample: dict, copies: int, rng) -> dict:
-    if copies == 1 or sample["kind"] not in ("colour", "shape"):
-        return sample
-    taken, cells = {(o["row"], o["col"]) for o in sample["objects"]}, sample["cells"]
-    free = [(r, c) for r in range(cells) for c in range(cells) if (r, c) not in taken]
-    extra = []
-    spots = rng.permutation(len(free))[:len(sample["objects"]) * (copies - 1)]
-    for i, spot in enumerate(spots):
-        obj = dict(sample["objects"][i % len(sample["objects"])])
-        obj["row"], obj["col"] = free[spot]
-        extra.append(obj)
-    objects = sample["objects"] + extra
-    return dict(sample, objects=objects, image=scenes.render(objects, rng, cells),
-                target=sample["target"] + [len(sample["objects"]) + i for i in range(len(extra))
-                                           if i % len(sample["objects"]) in sample["target"]])
+def training_sample(rng, cells: int, most: int, questions: int = QUESTIONS) -> dict:
+    """A scene built around one question, as held-out scenes are (``scenes.make_scene``), and up to
+    ``questions - 1`` more that the same scene answers (``qa``: (kind, question, answer) per turn)."""
+    sample = scenes.make_scene(rng, int(rng.integers(1, most + 1)), cells=cells)
+    qa = [(sample["kind"], sample["question"], sample["answer"])]
+    said = set(sample["question"].split()) | {sample["answer"]}
+    for i in rng.permutation(len(candidates := scenes.questions_about(sample["objects"]))):
+        kind, question, answer = candidates[i]
+        # an answer already said in the chat could be copied from the text, not read from the image
+        if len(qa) < questions and answer not in said and question != sample["question"]:
+            qa.append((kind, question, answer))
+            said |= set(question.split()) | {answer}
+    return dict(sample, qa=qa)
 
 
 def batch(step: int, stage: int, size: int, seed: int) -> list[dict]:
     rng = np.random.default_rng([seed + 1000, step])
-    cells, copies, most = STAGES[stage]
-    return [_with_copies(scenes.make_scene(rng, int(rng.integers(1, most + 1)), cells=cells), copies, rng)
-            for _ in range(size)]
+    cells, most = STAGES[stage]
+    return [training_sample(rng, cells, most) for _ in range(size)]
+
+
+def encode_dialogues(processor, samples: list[dict]):
+    """Each sample's image and questions as one chat, every answer given (left-padded batch)."""
+    texts = []
+    for sample in samples:
+        messages = []
+        for turn, (_, question, answer) in enumerate(sample["qa"]):
+            content = lab_processor.messages(question)[0]["content"] if turn == 0 else question
+            messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False))
+    return processor(images=[s["image"] for s in samples], text=texts, return_tensors="pt", padding=True)
+
+
+def answer_positions(ids, processor):
+    """``[b, S]`` True where an answer word sits (right after ``<|im_start|>assistant``)."""
+    import torch
+
+    convert = processor.tokenizer.convert_tokens_to_ids
+    start, assistant = convert("<|im_start|>"), convert("assistant")
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[:, 2:] = (ids[:, :-2] == start) & (ids[:, 1:-1] == assistant)
+    return at
 
 
 def cell_labels(samples: list[dict]):
@@ -188,28 +209,35 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
             group["lr"] = lr * scale
         stage = max(stage, scheduled_stage(step, steps))
         samples = batch(step, stage, batch_size, seed)
-        inputs = lab_processor.encode(processor, samples, answers=True)
+        inputs = encode_dialogues(processor, samples)
         ids = inputs["input_ids"]
-        labels = ids.clone()
-        labels[:, :-2] = -100                    # the answer word and <|im_end|> (left padding: always last)
+        answer_at = answer_positions(ids, processor)
+        end_at = torch.zeros_like(answer_at)
+        end_at[:, 1:] = answer_at[:, :-1]
+        labels = torch.where(answer_at | end_at, ids, -100)   # each answer word and its <|im_end|>
         output = model(**inputs, labels=labels, output_hidden_states=True)
         logits = head["cells"](visual["merged"])
         targets = cell_labels(samples)
         cells_loss = sum(torch.nn.functional.cross_entropy(part, targets[:, i])
                          for i, part in enumerate(logits.split(splits, dim=-1)))
-        # text after the image, up to the answer: each position predicts the answer word
+        # text after the image: each position up to an answer predicts that answer word
         positions = torch.arange(ids.shape[1])
         after = (ids == model.config.vision_end_token_id).long().argmax(-1, keepdim=True)
-        text = (positions > after) & (positions < ids.shape[1] - 2)
-        answer_logits = head["answer"](output.hidden_states[-1][text])
-        answer_ids = ids[:, -2:-1].expand_as(text)[text]
-        early_answer_loss = torch.nn.functional.cross_entropy(answer_logits, answer_ids)
+        turn = answer_at.long().cumsum(1) - answer_at.long()          # answers strictly before
+        n_answers = answer_at.sum(1, keepdim=True)
+        text = (positions > after) & ~answer_at & ~end_at & (turn < n_answers)
+        answers_of_row = torch.zeros(ids.shape[0], int(n_answers.max()), dtype=torch.long)
+        for row in range(ids.shape[0]):
+            answers_of_row[row, :int(n_answers[row])] = ids[row][answer_at[row]]
+        answer_ids = answers_of_row.gather(1, turn.clamp(max=answers_of_row.shape[1] - 1))[text]
+        early_answer_loss = torch.nn.functional.cross_entropy(head["answer"](output.hidden_states[-1][text]), answer_ids)
         loss = output.loss + aux_weight * (cells_loss + early_answer_loss)
-        window.append(float((output.logits[:, -3].argmax(-1) == ids[:, -2]).float().mean()))
+        predicted = output.logits[:, :-1].argmax(-1)
+        window.append(float((predicted[answer_at[:, 1:]] == ids[answer_at]).float().mean()))
         window = window[-100:]
         if len(window) == 100 and np.mean(window) >= ADVANCE_AT and stage < len(STAGES) - 1:
             stage, window = stage + 1, []
-            log({"step": step, "event": "curriculum", "stage": stage, "cells, copies, most objects": STAGES[stage]})
+            log({"step": step, "event": "curriculum", "stage": stage, "cells, most objects": STAGES[stage]})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
