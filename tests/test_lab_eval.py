@@ -124,6 +124,9 @@ def test_run_reports_every_figure_consistently(pair):
     assert -1 <= result["map_similarity"]["spearman"] <= 1
     table = evaluation.render(result)
     assert "small" in table and "random" in table and "9%" in table
+    text = evaluation.markdown(result)
+    nine = result["points"][-1]["rankers"]["random"]
+    assert f"{nine['accuracy']:.1%} ({nine['of_large']:.0%})" in text
 
 
 def test_show_outlines_the_kept_tokens(pair, tmp_path):
@@ -155,12 +158,13 @@ def test_cli_lab_eval_and_show(pair_dir, tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     run = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
                           "--samples", "3", "--rankers", "small,fastv", "--json", str(tmp_path / "r.json"),
-                          "--plot", str(tmp_path / "r.png")], capture_output=True, text=True, env=env, timeout=600)
+                          "--plot", str(tmp_path / "r.png"), "--markdown", str(tmp_path / "r.md")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert set(result["points"][0]["rankers"]) == {"small", "fastv"}
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "large alone" in run.stdout
+    assert "| 9% | 1 | 0.05 |" in (tmp_path / "r.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
                           "--rankers", "small,nope"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "unknown ranker 'nope'" in bad.stderr

@@ -227,6 +227,47 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The same figures as ``render``, as Markdown tables (for FIDELITY.md and the README)."""
+    base, rankers = result["baseline"], list(result["points"][0]["rankers"])
+    lines = [f"Held-out scenes: {result['samples']} (seed {result['seed']}). Large model alone: "
+             f"**{base['large']['accuracy']:.1%}**; small model alone: **{base['small']['accuracy']:.1%}**.", "",
+             "| point (paper) | K | r | token ratio here | " + " | ".join(rankers) + " |",
+             "|---|---|---|---|" + "---|" * len(rankers)]
+    for p in result["points"]:
+        best = max(p["rankers"][r]["accuracy"] for r in rankers)
+        cells = []
+        for r in rankers:
+            entry = p["rankers"][r]
+            text = f"{entry['accuracy']:.1%} ({entry['of_large']:.0%})"
+            cells.append(f"**{text}**" if entry["accuracy"] == best else text)
+        lines.append(f"| {p['point']} | {p['layer']} | {p['retain']:.2f} | {p['ratio']:.1%} | " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy by question kind (large alone, small alone, and each ranker at the last point):", "",
+              "| | " + " | ".join(result["kinds"]) + " |", "|---|" + "---|" * len(result["kinds"])]
+    rows = [("large alone", base["large"]["by_kind"]), ("small alone", base["small"]["by_kind"])]
+    last = result["points"][-1]
+    rows += [(f"{r} at {last['point']}", last["rankers"][r]["by_kind"]) for r in rankers]
+    lines += [f"| {name} | " + " | ".join(f"{by[k]:.0%}" for k in result["kinds"]) + " |" for name, by in rows]
+    lines += ["", "Answer tokens all kept (target recall):", "",
+              "| point | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
+    lines += [f"| {p['point']} | " + " | ".join(f"{p['rankers'][r]['target_recall']:.0%}" for r in rankers) + " |"
+              for p in result["points"]]
+    see = result["see"]
+    at = see["at_70"]
+    sim, rnd = result["map_similarity"], result["map_similarity_random"]
+    lines += ["", f"SEE on top of SGL at K={see['layer']}, r={see['retain']}: at the threshold "
+              f"{_threshold_text(at['threshold'])} that sends {at['share_large']:.0%} of the samples to the large model, "
+              f"accuracy {at['accuracy']:.1%} ({at['of_large']:.1%} of the large model alone).", "",
+              "Small vs large global attention maps (per sample, averaged): " + ", ".join(
+                  f"{k.replace('_', ' ')} {v:.2f}" for k, v in sim.items()) + "; a random ranking vs the large map: "
+              + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in rnd.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _threshold_text(threshold) -> str:
+    return "none (never exit)" if threshold is None else f"{threshold:.3f}"
+
+
 def plot(result: dict, path) -> None:
     """Accuracy against the layer-averaged token ratio, one line per ranker, the two models flat."""
     import matplotlib
@@ -263,6 +304,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure here")
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG of accuracy against the token ratio")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="the tables as Markdown")
     p.set_defaults(run=_run_eval)
 
 
@@ -284,4 +326,7 @@ def _run_eval(args) -> int:
     if args.plot:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+        print(f"wrote {args.markdown}")
     return 0

@@ -6,6 +6,10 @@ it with ``dataset_kwargs: {load_from_disk: true}``, asks for ``generate_until`` 
 and scores exact match.  The pictures differ in size, so samples differ in visual-token counts and a
 batch of them is padded.
 
+``make_lab_task(root, n, seed)`` writes the lab's task (``sgl_patch.lab``: ``make_dataset(n, seed)``'s
+128 x 128 scenes, the question alone as the prompt, three new tokens, scored by ``is_correct``) the
+same way, for lmms-eval's ``qwen2_vl`` wrapper on the lab's trained pair (``LAB_QWEN_ARGS``).
+
 ``run(...)`` runs ``python -m lmms_eval`` (or ``accelerate launch ... -m lmms_eval``) in a subprocess
 with ``--log_samples`` and returns the logged samples.  lmms-eval exits 0 even when evaluation fails
 (the error is caught), so callers check the samples, not the exit code; the run's output is kept in
@@ -32,21 +36,48 @@ SAMPLES = [
 ]
 MAX_NEW_TOKENS = 4
 
-_UTILS = '''\
-"""doc_to_* functions of the tiny task (lmms-eval imports this file by the YAML's !function)."""
+_HEADER = '''\
+"""doc_to_* functions of the {what} (lmms-eval imports this file by the YAML's !function)."""
 
 
 def doc_to_visual(doc):
     return [doc["image"].convert("RGB")]
 
 
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["question"] + "\\nAnswer the question using a single word or phrase."
-
-
 def doc_to_target(doc):
     return doc["answer"]
 '''
+_UTILS = _HEADER.format(what="tiny task") + '''
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"] + "\\nAnswer the question using a single word or phrase."
+'''
+_EXACT_MATCH = [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]
+
+# The lab's task: its tokenizer knows the task's words only (anything else is <unk>, which the models
+# never saw), so the prompt is the question alone; answers are scored the lab's way (``is_correct``:
+# the first word is the answer), which exact match is not ("red red" is correct, "2" answers "two").
+LAB_TASK = "sgl_lab_vqa"
+LAB_MAX_NEW_TOKENS = 3  # sgl_patch.lab.evaluation.GENERATE
+_LAB_UTILS = _HEADER.format(what="lab task") + '''
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def process_results(doc, results):
+    from sgl_patch.lab.scenes import is_correct
+
+    return {"accuracy": float(is_correct(results[0], doc["answer"]))}
+'''
+_ACCURACY = [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True}]
+# lmms-eval's qwen2_vl wrapper on the lab's pair.  It always sends a system turn (empty here: the
+# default "You are a helpful assistant." has two words the tokenizer lacks), and it passes every
+# picture through a JPEG (quality 85) and qwen_vl_utils, which resizes to multiples of 28 px bounded
+# by min_pixels / max_pixels, before the processor, which gets the same bounds as its own size: 128 px
+# scenes become 112 px (max_pixels 128 * 128), which the processor scales back up to 128 px
+# (min_pixels above 120 * 120), i.e. the lab's 16 x 16 grid of 256 visual tokens.
+LAB_QWEN_ARGS = "min_pixels=16000,max_pixels=16384,system_prompt="
 
 
 def pictures(samples=SAMPLES, seed: int = 0):
@@ -68,20 +99,42 @@ def pictures(samples=SAMPLES, seed: int = 0):
 
 def make_task(root, samples=SAMPLES) -> Path:
     """Write the task (YAML, utils.py, dataset) under ``root``; returns the folder for ``--include_path``."""
+    return _write_task(root, TASK, {"id": list(range(len(samples))), "image": pictures(samples),
+                                    "question": [q for _, q, _ in samples], "answer": [a for _, _, a in samples]},
+                       _UTILS, MAX_NEW_TOKENS, _EXACT_MATCH)
+
+
+def make_lab_task(root, n: int, seed: int = 0) -> Path:
+    """Write the lab's task (``LAB_TASK``) over ``sgl_patch.lab.make_dataset(n, seed)`` under ``root``:
+    doc ``i`` is the dataset's sample ``i``; returns the folder for ``--include_path``."""
+    from sgl_patch.lab import make_dataset
+
+    samples = make_dataset(n, seed=seed)
+    return _write_task(root, LAB_TASK, {"id": list(range(n)), "image": [s["image"] for s in samples],
+                                        "question": [s["question"] for s in samples],
+                                        "answer": [s["answer"] for s in samples]},
+                       _LAB_UTILS, LAB_MAX_NEW_TOKENS, _ACCURACY, process_results=True)
+
+
+def _write_task(root, task: str, columns: dict, utils: str, max_new_tokens: int, metrics: list,
+                process_results: bool = False) -> Path:
+    """A dataset of ``columns`` (id, image, question, answer) saved under ``root / "dataset"``, the
+    task's ``utils.py`` and YAML under ``root / "task"`` (the folder returned)."""
     import datasets
 
     root = Path(root)
     folder = root / "task"
     folder.mkdir(parents=True, exist_ok=True)
     data = datasets.Dataset.from_dict(
-        {"id": list(range(len(samples))), "image": pictures(samples),
-         "question": [q for _, q, _ in samples], "answer": [a for _, _, a in samples]},
+        columns,
         features=datasets.Features({"id": datasets.Value("int64"), "image": datasets.Image(),
                                     "question": datasets.Value("string"), "answer": datasets.Value("string")}))
     datasets.DatasetDict({"test": data}).save_to_disk(os.fspath(root / "dataset"))
-    (folder / "utils.py").write_text(_UTILS)
-    (folder / f"{TASK}.yaml").write_text(textwrap.dedent(f"""\
-        task: {TASK}
+    (folder / "utils.py").write_text(utils)
+    metric_list = "".join(f"  - metric: {m['metric']}\n    aggregation: {m['aggregation']}\n"
+                          f"    higher_is_better: {str(m['higher_is_better']).lower()}\n" for m in metrics)
+    (folder / f"{task}.yaml").write_text(textwrap.dedent(f"""\
+        task: {task}
         dataset_path: {json.dumps(os.fspath(root / "dataset"))}
         dataset_kwargs:
           load_from_disk: true
@@ -90,17 +143,13 @@ def make_task(root, samples=SAMPLES) -> Path:
         doc_to_visual: !function utils.doc_to_visual
         doc_to_text: !function utils.doc_to_text
         doc_to_target: !function utils.doc_to_target
+        """) + ("process_results: !function utils.process_results\n" if process_results else "") + textwrap.dedent(f"""\
         generation_kwargs:
-          max_new_tokens: {MAX_NEW_TOKENS}
+          max_new_tokens: {max_new_tokens}
           temperature: 0
           do_sample: false
         metric_list:
-          - metric: exact_match
-            aggregation: mean
-            higher_is_better: true
-        metadata:
-          version: 0.0
-        """))
+        """) + metric_list + "metadata:\n  version: 0.0\n")
     return folder
 
 
@@ -129,11 +178,12 @@ def _first(value):
 
 
 def run(python: str, model: str, model_args: str, task_dir, output_dir, *, batch_size: int = 1,
-        env: dict | None = None, launcher: list[str] | None = None, timeout: int = 600) -> Run:
-    """Run lmms-eval's CLI on the tiny task; ``launcher`` (e.g. ``accelerate launch ...``) replaces ``python -m``."""
+        env: dict | None = None, launcher: list[str] | None = None, timeout: int = 600, task: str = TASK) -> Run:
+    """Run lmms-eval's CLI on ``task`` (the tiny one unless given; ``task_dir`` holds it); ``launcher``
+    (e.g. ``accelerate launch ...``) replaces ``python -m``."""
     output_dir = Path(output_dir)
     command = (launcher if launcher is not None else [python, "-m"]) + [
-        "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", TASK,
+        "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", task,
         "--include_path", os.fspath(task_dir), "--batch_size", str(batch_size),
         "--log_samples", "--output_path", os.fspath(output_dir), "--verbosity", "DEBUG",
     ]
@@ -145,7 +195,7 @@ def run(python: str, model: str, model_args: str, task_dir, output_dir, *, batch
     done = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, cwd=os.fspath(output_dir.parent))
     result = Run(done.returncode, done.stdout)
-    for path in sorted(output_dir.rglob(f"*_samples_{TASK}.jsonl")):
+    for path in sorted(output_dir.rglob(f"*_samples_{task}.jsonl")):
         with open(path) as f:
             for line in f:
                 if line.strip():
