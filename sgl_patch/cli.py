@@ -338,12 +338,7 @@ def _demo(args) -> int:
                       str(record.get("n_visual", "-")), "-" if exited else str(record.get("n_kept", "-")),
                       f"{'yes' if exited else 'no'} ({score})",
                       "yes" if baseline_answers[i] == guided_answers[i] else "no"))
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    for n, row in enumerate(table):
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    print()
+    print_table(table)
     same = sum(a == b for a, b in zip(baseline_answers, guided_answers))
     exited = sum(bool(r["exited"]) for r in records)
     # the records of one batch carry the batch's seconds (the large model's are 0 for exited samples)
@@ -355,6 +350,16 @@ def _demo(args) -> int:
     if args.large is None:
         print("  (tiny random models: times show overhead, not the speed-up of real checkpoints)")
     return 0
+
+
+def print_table(table: list[tuple]) -> None:
+    """Rows of strings as aligned columns, the first row a header underlined, then a blank line."""
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    for n, row in enumerate(table):
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    print()
 
 
 def _tiny_models(kit, dtype: str, device: str):

@@ -15,6 +15,7 @@ EXIT_THRESHOLD = 0.9
 def run(args) -> int:
     import sgl_patch
 
+    from ..cli import print_table
     from ..show import show
     from . import load_pair, make_dataset, scenes
     from . import processor as lab_processor
@@ -57,12 +58,7 @@ def run(args) -> int:
         kept = "-" if record["exited"] else f"{record['n_kept']}/{record['n_visual']}"
         table.append((str(i), sample["question"], sample["answer"], large_answers[i], small_answers[i],
                       sgl_answers[i], kept, f"{'yes' if record['exited'] else 'no'} ({record['exit_score']:.3f})"))
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    for n, row in enumerate(table):
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-    print()
+    print_table(table)
 
     def right(predictions):
         return sum(scenes.is_correct(p, s["answer"]) for p, s in zip(predictions, samples))

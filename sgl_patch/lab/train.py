@@ -40,7 +40,7 @@ import numpy as np
 from . import models, scenes
 from . import processor as lab_processor
 
-DEFAULT_STEPS = {"small": 6000, "large": 5000}
+DEFAULT_STEPS = {"small": 6000, "large": 6000}
 DEFAULT_LR = {"small": 3e-3, "large": 3e-3}
 # stages: (cells a side, most objects per scene).  Few visual tokens first: on 16 visual tokens a
 # tiny model's answers sit near chance for ~1000 steps before attention finds the queried object,
@@ -148,7 +148,7 @@ def train(*args, **kwargs) -> dict:
 
 def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, batch_size: int = 16,
           lr: float | None = None, aux_weight: float = 0.5, eval_every: int = 250, eval_samples: int = 300,
-          save_every: float = 180.0, threads: int | None = None) -> dict:
+          save_every: float = 180.0, threads: int | None = None, stop_at: int | None = None) -> dict:
     import torch
 
     if threads:
@@ -201,7 +201,8 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
 
     model.train()
     last_save, t0, recent = time.time(), time.time(), []
-    while step < steps:
+    end = min(steps, stop_at) if stop_at is not None else steps
+    while step < end:
         scale = min(1.0, (step + 1) / warmup)
         if step >= decay_from:
             scale *= max(0.1, 1 - (step - decay_from) / max(1, steps - decay_from))
@@ -251,9 +252,9 @@ def _train(name: str, steps: int, out, *, resume: bool = False, seed: int = 0, b
                  "stage": stage, "train_acc": round(float(np.mean(window or [0])), 3), "lr": round(lr * scale, 6),
                  "steps_per_s": round(step / (time.time() - t0), 3) if not resume else None})
             recent = []
-        if step % eval_every == 0 or step == steps:
+        if step % eval_every == 0 or step == end:
             log({"step": step, "held_out": evaluate(model, processor, held_out), "minutes": round((time.time() - t0) / 60, 1)})
-        if time.time() - last_save > save_every or step == steps:
+        if time.time() - last_save > save_every or step == end:
             save()
             last_save = time.time()
     hook.remove()
@@ -269,6 +270,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=str(models.WEIGHTS), help="output directory (default: the package's weights)")
     p.add_argument("--only", choices=tuple(models.SIZES), help="train only this model")
     p.add_argument("--resume", action="store_true", help="continue from OUT/.train_state")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop at this step of the --steps schedule (curriculum and learning rate follow --steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {DEFAULT_LR})")
@@ -283,6 +286,7 @@ def _run_train(args) -> int:
     for name in ([args.only] if args.only else list(models.SIZES)):
         result = train(name, args.steps or DEFAULT_STEPS[name], args.out, resume=args.resume, seed=args.seed,
                        batch_size=args.batch_size, lr=args.lr, aux_weight=args.aux_weight,
-                       eval_every=args.eval_every, save_every=args.save_every, threads=args.threads)
+                       eval_every=args.eval_every, save_every=args.save_every, threads=args.threads,
+                       stop_at=args.stop_at)
         print(f"{name}: held-out accuracy {result}")
     return 0
