@@ -1,7 +1,7 @@
 """lmms-eval's own accuracy on the lab task, the large model alone vs guided by the small one (the
 README's figures).  Run in the lmms-eval environment from the repository root:
 
-    .venv-lmms/bin/python -m tests.lmms.lab_accuracy --samples 200
+    .venv-lmms/bin/python tests/lmms/lab_accuracy.py --samples 200
 
 It writes the task (``harness.make_lab_task``) and runs ``python -m lmms_eval --model qwen2_vl`` on the
 shipped pair twice, unmodified: without ``SGL_*`` variables, then with ``SGL_SMALL_MODEL`` and the lab's
@@ -16,7 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import harness
+if __package__:
+    from . import harness
+else:  # run as a script (a site-packages "tests" package may shadow this folder's name)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import harness
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "sgl_patch" / "lab" / "weights"
 
