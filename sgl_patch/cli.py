@@ -62,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                                    "saved and reloaded (CPU, a few seconds); their answers are noise and their "
                                    "timings show overhead, not speed-ups."))
     families = tiny.names()
+    default = "the lab's trained pair" if "qwen2_vl" in families else (families[0] if families else "none")
     demo.add_argument("--family", metavar="NAME", default=None,
                       help=f"family of the built-in tiny random models, those that run on the installed "
-                           f"transformers: {', '.join(families)} (default: the lab's trained pair where "
-                           f"transformers 5 is installed, else {families[0] if families else 'none'})")
+                           f"transformers: {', '.join(families)} (default: {default})")
     demo.add_argument("--llm", metavar="SMALL[:LARGE]", default=None, type=_llms,
                       help=f"--family internvl_chat: the language models of the small and the large model, "
                            f"from {', '.join(_LLM_KINDS)} (default: internlm2, as InternVL2-2B and -26B)")
