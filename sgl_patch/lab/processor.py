@@ -97,8 +97,8 @@ def prompt(processor, question: str) -> str:
     return processor.apply_chat_template(messages(question), tokenize=False, add_generation_prompt=True)
 
 
-def encode(processor, samples: list[dict], answers: bool = False):
-    """A batch of ``samples`` (image, question[, answer]) as the processor makes it, left-padded;
-    with ``answers``, each prompt is followed by its answer and ``<|im_end|>`` (for training)."""
-    texts = [prompt(processor, s["question"]) + (f"{s['answer']}<|im_end|>" if answers else "") for s in samples]
+def encode(processor, samples: list[dict]):
+    """A batch of ``samples`` (image, question) as the processor makes it, left-padded (training
+    encodes whole chats: ``train.encode_dialogues``)."""
+    texts = [prompt(processor, s["question"]) for s in samples]
     return processor(images=[s["image"] for s in samples], text=texts, return_tensors="pt", padding=True)
