@@ -1,5 +1,5 @@
 # make demo: run the SGL demo on tiny built-in models (CPU, seconds), in .venv (transformers 5.23)
-# make test: run the test suite in each of the five environments below, one after another;
+# make test: run the test suite in each of the five environments below, two at a time;
 #            it fails if any run fails (a pytest exit code 5, nothing collected, included)
 #   make test-5.23  .venv       requirements-test.txt (CPU torch 2.13.0, transformers 5.23.0): native classes
 #   make test-4.49  .venv-4.49  requirements/legacy-4.49.txt (torch 2.14.1, transformers 4.49.0)
@@ -27,26 +27,33 @@ demo: $(VENV)/.installed
 	$(BIN)/sgl-patch demo
 
 # The environments are built side by side first (downloads and unpacking overlap; one that fails
-# to build is tried again, and reported, by its test target).  Then every environment runs its
-# tests, even when an earlier one fails, so one CI run reports them all.
+# to build is tried again, and reported, by its test target).  Then the five test runs go in
+# TEST_LANES parallel lanes (-k: every run goes on when another fails, so one CI run reports them
+# all), each run's output printed whole when it ends.  Each pytest process gets TEST_THREADS torch
+# threads: two lanes of one thread use two cores without the oversubscription that makes tiny
+# models' kernels spin.
 ENV_STAMPS := $(VENV)/.installed $(foreach v,$(LEGACY),.venv-$(v)/.installed) $(LMMS)/.installed $(LMMS_449)/.installed
+TEST_RUNS := test-5.23 $(addprefix test-,$(LEGACY)) test-lmms test-lmms-4.49
+TEST_LANES ?= 2
+TEST_THREADS ?= 1
 SUBMAKE = $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST))
 
 test:
 	@start=$$(date +%s); \
 	$(SUBMAKE) -j4 --output-sync=target $(ENV_STAMPS) || echo "make test: an environment failed to build"; \
 	echo "make test: environments ready in $$(( $$(date +%s) - start )) s"; \
-	failed=""; \
-	for env in 5.23 $(LEGACY) lmms lmms-4.49; do \
-		start=$$(date +%s); \
-		$(SUBMAKE) test-$$env || failed="$$failed test-$$env"; \
-		echo "make test-$$env: $$(( $$(date +%s) - start )) s"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
-	echo "make test: passed in every environment (5.23 $(LEGACY) lmms lmms-4.49)"
+	start=$$(date +%s); \
+	if OMP_NUM_THREADS=$(TEST_THREADS) $(SUBMAKE) -k -j$(TEST_LANES) --output-sync=target $(TEST_RUNS); then \
+		echo "make test: passed in every environment ($(TEST_RUNS)) in $$(( $$(date +%s) - start )) s"; \
+	else \
+		echo "make test: FAILED (the runs above that report errors; all $(TEST_RUNS) ran)"; exit 1; \
+	fi
+
+# each run reports its own time (the lanes overlap)
+TIMED = start=$$(date +%s); trap 'echo "make $@: $$(( $$(date +%s) - start )) s"' EXIT;
 
 test-5.23: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests
+	@$(TIMED) $(BIN)/python -m pytest -q tests
 
 $(VENV)/.installed: requirements-test.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,7 +64,7 @@ $(VENV)/.installed: requirements-test.txt pyproject.toml setup.py
 # lmms-eval's environment runs tests/lmms only (the rest of the suite is test-5.23's, on the same
 # transformers); an explicit rule, so the legacy pattern rule below does not match it
 test-lmms: $(LMMS)/.installed
-	$(LMMS)/bin/python -m pytest -q tests/lmms
+	@$(TIMED) $(LMMS)/bin/python -m pytest -q tests/lmms
 
 $(LMMS)/.installed: requirements/lmms-5.23.txt pyproject.toml setup.py
 	test -x $(LMMS)/bin/python || $(PYTHON) -m venv $(LMMS)
@@ -68,7 +75,7 @@ $(LMMS)/.installed: requirements/lmms-5.23.txt pyproject.toml setup.py
 # lmms-eval on the legacy 4.49 pins runs its internvl2 wrapper only (InternVL2's remote code, under
 # the test-only CUDA->CPU shim tests/lmms/cuda_on_cpu); an explicit rule, as for test-lmms
 test-lmms-4.49: $(LMMS_449)/.installed
-	$(LMMS_449)/bin/python -m pytest -q tests/lmms/test_internvl2_wrapper.py
+	@$(TIMED) $(LMMS_449)/bin/python -m pytest -q tests/lmms/test_internvl2_wrapper.py
 
 $(LMMS_449)/.installed: requirements/lmms-4.49.txt requirements/legacy-4.49.txt requirements/legacy-base.txt \
 		pyproject.toml setup.py
@@ -78,7 +85,7 @@ $(LMMS_449)/.installed: requirements/lmms-4.49.txt requirements/legacy-4.49.txt 
 	touch $@
 
 $(addprefix test-,$(LEGACY)): test-%: .venv-%/.installed
-	.venv-$*/bin/python -m pytest -q tests
+	@$(TIMED) .venv-$*/bin/python -m pytest -q tests
 
 .PRECIOUS: .venv-%/.installed
 .venv-%/.installed: requirements/legacy-%.txt requirements/legacy-base.txt pyproject.toml setup.py

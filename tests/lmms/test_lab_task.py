@@ -17,16 +17,12 @@ does to a sample, which the in-process reference below does the same way:
   becomes 112 px and the processor scales it back to 128 px, the lab's 256 visual tokens.  No bounds
   give 128 px through both resizes without the detour (128 is no multiple of 28).
 
-The trained weights (``sgl_patch/lab/weights``) may be retrained while this runs: the module copies the
-pair once, when no file of it is being written, and every run and the reference use that copy.  No
-accuracy is asserted, only that lmms-eval's answers are the lab's own on the same inputs.
+Every run and the reference load the shipped pair (``sgl_patch/lab/weights``).  No accuracy is asserted, only that lmms-eval's answers are the lab's own on the same inputs.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -42,33 +38,10 @@ GUIDED = "is guided by"  # what the autoload prints once it has patched a model
 VISUAL = 256  # the lab's visual tokens per 128 x 128 scene (16 x 16 patches of 8 px, merge size 1)
 
 
-def _files(source: Path) -> dict:
-    return {p.relative_to(source): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(source.rglob("*")) if p.is_file()}
-
-
-def snapshot(target: Path, source: Path = WEIGHTS, quiet_s: float = 2.0, tries: int = 30) -> Path:
-    """Copy ``source``'s small/ and large/ to ``target`` at a moment when none of their files changes
-    (none written in the last ``quiet_s`` seconds, none while copying): one consistent pair."""
-    names = ("small", "large")
-    for _ in range(tries):
-        before = {n: _files(source / n) for n in names}
-        newest = max(m for files in before.values() for m, _ in files.values()) / 1e9
-        if time.time() - newest < quiet_s:
-            time.sleep(quiet_s)
-            continue
-        shutil.rmtree(target, ignore_errors=True)
-        for n in names:
-            shutil.copytree(source / n, target / n)
-        if {n: _files(source / n) for n in names} == before:
-            return target
-    pytest.fail(f"{source} kept changing: no consistent copy of the lab's pair after {tries} tries")
-
-
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> Path:
-    """A private copy of the lab's trained pair (``small/``, ``large/``)."""
-    return snapshot(tmp_path_factory.mktemp("lab") / "weights")
+def pair() -> Path:
+    """The lab's shipped pair (``small/``, ``large/``): read, never written."""
+    return WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +51,8 @@ def lab_task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lab_runs(tmp_path_factory, pair, lab_task):
-    """``get(sgl=None) -> Run``: lmms-eval's CLI on the lab task with the copied large model, each distinct
-    ``SGL_*`` setting once (``SGL_SMALL_MODEL``, the copied small model, and ``SGL_STATS_FILE`` are set
+    """``get(sgl=None) -> Run``: lmms-eval's CLI on the lab task with the shipped large model, each distinct
+    ``SGL_*`` setting once (``SGL_SMALL_MODEL``, the shipped small model, and ``SGL_STATS_FILE`` are set
     when ``sgl`` is given; the records are in ``run.records``)."""
     runs = {}
 
