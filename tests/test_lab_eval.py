@@ -120,7 +120,10 @@ def test_run_reports_every_figure_consistently(pair):
     assert curve[-1]["accuracy"] == pytest.approx(result["points"][-1]["rankers"]["small"]["accuracy"])
     assert curve[0]["share_large"] == 0.0   # the lowest score: every sample exits
     assert curve[0]["accuracy"] == pytest.approx(result["baseline"]["small"]["accuracy"])
-    assert result["see"]["at_70"]["share_large"] >= 0.7
+    at_70, pruned = result["see"]["at_70"], result["points"][-1]["rankers"]["small"]["accuracy"]
+    assert at_70["share_large"] >= 0.7
+    if pruned:
+        assert at_70["of_pruned"] == pytest.approx(at_70["accuracy"] / pruned)
     assert -1 <= result["map_similarity"]["spearman"] <= 1
     table = evaluation.render(result)
     assert "small" in table and "random" in table and "9%" in table

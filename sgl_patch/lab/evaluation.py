@@ -170,6 +170,9 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
 
     nine = result["points"][-1]
     result["see"] = _early_exit(large, small, processor, data, nine, baseline, batch_size, sweep)
+    if "small" in nine["rankers"]:   # SEE sits on top of SGL's pruning: its ceiling is the pruned model's accuracy
+        at_70 = result["see"]["at_70"]
+        at_70["of_pruned"] = at_70["accuracy"] / max(nine["rankers"]["small"]["accuracy"], 1e-9)
     small_map = rankings(large, small, processor, data, "small", nine["layer"], batch_size)
     large_map = rankings(large, small, processor, data, "oracle", nine["layer"], batch_size)
     result["map_similarity"] = map_similarity(small_map, large_map, nine["retain"])
@@ -220,7 +223,8 @@ def render(result: dict) -> str:
         for p in result["points"]))
     see = result["see"]["at_70"]
     lines.append(f"SEE at the threshold sending {see['share_large']:.0%} to the large model: accuracy "
-                 f"{see['accuracy']:.1%} ({see['of_large']:.1%} of the large model alone)")
+                 f"{see['accuracy']:.1%} ({see['of_large']:.1%} of the large model alone"
+                 + (f", {see['of_pruned']:.1%} of the SGL-pruned large model" if "of_pruned" in see else "") + ")")
     sim, rnd = result["map_similarity"], result["map_similarity_random"]
     lines.append("small vs large global attention: " + ", ".join(f"{k} {v:.2f}" for k, v in sim.items())
                  + "  (random vs large: " + ", ".join(f"{k} {v:.2f}" for k, v in rnd.items()) + ")")
@@ -257,7 +261,9 @@ def markdown(result: dict) -> str:
     sim, rnd = result["map_similarity"], result["map_similarity_random"]
     lines += ["", f"SEE on top of SGL at K={see['layer']}, r={see['retain']}: at the threshold "
               f"{_threshold_text(at['threshold'])} that sends {at['share_large']:.0%} of the samples to the large model, "
-              f"accuracy {at['accuracy']:.1%} ({at['of_large']:.1%} of the large model alone).", "",
+              f"accuracy {at['accuracy']:.1%} ({at['of_large']:.1%} of the large model alone"
+              + (f", {at['of_pruned']:.1%} of the large model pruned by SGL at that point" if "of_pruned" in at else "")
+              + ").", "",
               "Small vs large global attention maps (per sample, averaged): " + ", ".join(
                   f"{k.replace('_', ' ')} {v:.2f}" for k, v in sim.items()) + "; a random ranking vs the large map: "
               + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in rnd.items()) + "."]

@@ -5,8 +5,8 @@ resumed run sees the same data as an uninterrupted one.  What helps tiny VLMs pa
 naming *a* colour in the scene (DESIGN.md section 7):
 
 - a curriculum (``STAGES``): small scenes first (4 x 4 cells: 16 visual tokens, where attention
-  to the right token carries a strong gradient) with 1-2 objects, then larger scenes and up to
-  ``scenes.MAX_OBJECTS`` objects on the held-out 16 x 16 grid;
+  to the right token carries a strong gradient) with 1-2 objects, then larger scenes and more
+  objects, up to the held-out 16 x 16 grid with ``scenes.MAX_OBJECTS``;
 - several questions about each image (``QUESTIONS``, one chat turn each): the image, which costs
   most of a step, teaches four answers instead of one;
 - a steady learning rate (warm-up, constant, a short linear decay over the last 15% of steps);
@@ -40,14 +40,14 @@ import numpy as np
 from . import models, scenes
 from . import processor as lab_processor
 
-DEFAULT_STEPS = {"small": 6000, "large": 6000}
+DEFAULT_STEPS = {"small": 8000, "large": 12000}
 DEFAULT_LR = {"small": 3e-3, "large": 3e-3}
 # stages: (cells a side, most objects per scene).  Few visual tokens first: on 16 visual tokens a
 # tiny model's answers sit near chance for ~1000 steps before attention finds the queried object,
 # and on 64 or 256 tokens they do not leave chance in that time
-STAGES = ((4, 2), (8, 3), (8, 5), (16, 4), (16, 6), (16, scenes.MAX_OBJECTS))
+STAGES = ((4, 2), (8, 3), (8, 5), (16, 4), (16, 8), (16, 16), (16, scenes.MAX_OBJECTS))
 # fraction of the steps by which stage i + 1 starts at the latest
-LATEST = (0.3, 0.4, 0.5, 0.6, 0.7)
+LATEST = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 ADVANCE_AT = 0.8    # running training accuracy that moves the curriculum on
 QUESTIONS = 4       # questions asked about each training image, one chat turn each
 
