@@ -40,6 +40,11 @@ def test_points_scale_the_papers_layer_and_keep_its_retain():
     assert [(p["layer"], p["retain"]) for p in six] == [(2, 0.40), (1, 0.20), (1, 0.05)]
     assert [p["ratio"] for p in six] == [token_ratio(p["layer"], p["retain"], 6) for p in six]
     assert evaluation.points(48)[-1]["ratio"] == pytest.approx(0.089, abs=1e-3)   # the paper's "9%"
+    assert evaluation.points(4, [(2, 0.05)])[-1] == {"point": "K=2 r=0.05", "layer": 2, "retain": 0.05,
+                                                     "ratio": token_ratio(2, 0.05, 4)}
+    for bad in ((0, 0.05), (4, 0.05), (1, 0.0), (1, 1.5)):
+        with pytest.raises(ValueError, match="K must be in 1..3"):
+            evaluation.points(4, [bad])
 
 
 def test_target_tokens_are_the_answer_objects_cells():
@@ -101,9 +106,11 @@ def test_kept_tokens_outside_a_call_and_for_exits(pair):
 
 def test_run_reports_every_figure_consistently(pair):
     samples = 6
-    result = evaluation.run(samples, seed=1, rankers=["small", "random"], pair=pair, batch_size=4, log=lambda *_: None)
+    result = evaluation.run(samples, seed=1, rankers=["small", "random"], pair=pair, batch_size=4, log=lambda *_: None,
+                            extra_points=[(2, 0.05)])
     json.dumps(result)   # every figure is JSON
-    assert [p["point"] for p in result["points"]] == list(evaluation.PAPER_POINTS)
+    assert [p["point"] for p in result["points"]] == [*evaluation.PAPER_POINTS, "K=2 r=0.05"]
+    assert (result["points"][-1]["layer"], result["points"][-1]["retain"]) == (2, 0.05)
     large_acc = result["baseline"]["large"]["accuracy"]
     for point in result["points"]:
         for ranker, entry in point["rankers"].items():
@@ -112,15 +119,17 @@ def test_run_reports_every_figure_consistently(pair):
             # the kinds take turns in make_dataset: the overall accuracy is their weighted mean
             counts = [sum(1 for i in range(samples) if scenes.KINDS[i % len(scenes.KINDS)] == k) for k in scenes.KINDS]
             assert entry["accuracy"] == pytest.approx(np.dot(by_kind, counts) / samples)
+            recall_by_kind = [entry["target_recall_by_kind"][k] for k in scenes.KINDS]
+            assert entry["target_recall"] == pytest.approx(np.dot(recall_by_kind, counts) / samples)
             if large_acc:
                 assert entry["of_large"] == pytest.approx(entry["accuracy"] / large_acc)
     curve = result["see"]["curve"]
     # never exiting sends every sample to the large model and scores SGL's own 9% answers
     assert curve[-1]["threshold"] is None and curve[-1]["share_large"] == 1.0
-    assert curve[-1]["accuracy"] == pytest.approx(result["points"][-1]["rankers"]["small"]["accuracy"])
+    assert curve[-1]["accuracy"] == pytest.approx(evaluation.paper_point(result)["rankers"]["small"]["accuracy"])
     assert curve[0]["share_large"] == 0.0   # the lowest score: every sample exits
     assert curve[0]["accuracy"] == pytest.approx(result["baseline"]["small"]["accuracy"])
-    at_70, pruned = result["see"]["at_70"], result["points"][-1]["rankers"]["small"]["accuracy"]
+    at_70, pruned = result["see"]["at_70"], evaluation.paper_point(result)["rankers"]["small"]["accuracy"]
     assert at_70["share_large"] >= 0.7
     if pruned:
         assert at_70["of_pruned"] == pytest.approx(at_70["accuracy"] / pruned)
@@ -160,7 +169,7 @@ def test_show_outlines_the_kept_tokens(pair, tmp_path):
 def test_cli_lab_eval_and_show(pair_dir, tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     run = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
-                          "--samples", "3", "--rankers", "small,fastv", "--json", str(tmp_path / "r.json"),
+                          "--samples", "3", "--rankers", "small,fastv", "--point", "2:0.05", "--json", str(tmp_path / "r.json"),
                           "--plot", str(tmp_path / "r.png"), "--markdown", str(tmp_path / "r.md")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "r.json").read_text())
@@ -168,6 +177,10 @@ def test_cli_lab_eval_and_show(pair_dir, tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "large alone" in run.stdout
     assert "| 9% | 1 | 0.05 |" in (tmp_path / "r.md").read_text()
+    assert "| K=2 r=0.05 | 2 | 0.05 |" in (tmp_path / "r.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
                           "--rankers", "small,nope"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "unknown ranker 'nope'" in bad.stderr
+    deep = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
+                           "--point", "9:0.05"], capture_output=True, text=True, env=env, timeout=300)
+    assert deep.returncode != 0 and "--point: point K=9 r=0.05: K must be in 1.." in deep.stderr

@@ -36,15 +36,26 @@ PAPER_POINTS = {"64%": (19, 0.40), "35%": (9, 0.20), "9%": (2, 0.05)}
 GENERATE = {"max_new_tokens": 3, "do_sample": False}
 
 
-def points(num_layers: int) -> list[dict]:
-    """The paper's three points on a model of ``num_layers`` layers: K scaled, r kept."""
+def points(num_layers: int, extra=()) -> list[dict]:
+    """The paper's three points on a model of ``num_layers`` layers (K scaled, r kept), then any
+    ``extra`` (layer, retain) pairs, named ``K=.. r=..``."""
     from ..config import token_ratio
 
     out = []
     for name, (layer, retain) in PAPER_POINTS.items():
         k = max(1, round(layer * num_layers / PAPER_DEPTH))
         out.append({"point": name, "layer": k, "retain": retain, "ratio": token_ratio(k, retain, num_layers)})
+    for k, retain in extra:
+        if not 1 <= k < num_layers or not 0 < retain <= 1:
+            raise ValueError(f"point K={k} r={retain}: K must be in 1..{num_layers - 1} and r in (0, 1]")
+        out.append({"point": f"K={k} r={retain:g}", "layer": k, "retain": retain,
+                    "ratio": token_ratio(k, retain, num_layers)})
     return out
+
+
+def paper_point(result: dict, name: str = "9%") -> dict:
+    """The entry of ``result["points"]`` for the paper's point ``name``."""
+    return next(p for p in result["points"] if p["point"] == name)
 
 
 def answers(model, processor, samples: list[dict], batch_size: int) -> list[str]:
@@ -117,8 +128,10 @@ def map_similarity(small_scores, large_scores, retain: float) -> dict:
     return {"spearman": float(np.mean(rho)), f"top_{retain:g}_overlap": float(np.mean(overlap))}
 
 
-def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: int = 25, log=print) -> dict:
-    """The whole evaluation (see the module's docstring) as a JSON-ready dict."""
+def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: int = 25, log=print,
+        extra_points=()) -> dict:
+    """The whole evaluation (see the module's docstring) as a JSON-ready dict; ``extra_points``:
+    (layer, retain) pairs measured beside the paper's three."""
     import sgl_patch
 
     from ..calibrate import sweep
@@ -151,7 +164,7 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
     result["baseline"] = baseline
 
     result["points"] = []
-    for point in points(depth):
+    for point in points(depth, extra_points):
         entry = dict(point, rankers={})
         for ranker in rankers:
             handle = sgl_patch.apply(large, small, layer=point["layer"], retain=point["retain"], ranker=ranker)
@@ -165,14 +178,18 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
             entry["rankers"][ranker] = {
                 "accuracy": accuracy, "of_large": accuracy / max(baseline["large"]["accuracy"], 1e-9),
                 "by_kind": per_kind(predictions), "target_recall": recall(kept, data),
+                "target_recall_by_kind": {kind: recall([k for k, s in zip(kept, data) if s["kind"] == kind],
+                                                       [s for s in data if s["kind"] == kind])
+                                          for kind in scenes.KINDS},
                 "seconds": seconds}
         result["points"].append(entry)
 
-    nine = result["points"][-1]
+    nine = paper_point(result)
     result["see"] = _early_exit(large, small, processor, data, nine, baseline, batch_size, sweep)
     if "small" in nine["rankers"]:   # SEE sits on top of SGL's pruning: its ceiling is the pruned model's accuracy
         at_70 = result["see"]["at_70"]
-        at_70["of_pruned"] = at_70["accuracy"] / max(nine["rankers"]["small"]["accuracy"], 1e-9)
+        pruned = nine["rankers"]["small"]["accuracy"]
+        at_70["of_pruned"] = at_70["accuracy"] / pruned if pruned else None
     small_map = rankings(large, small, processor, data, "small", nine["layer"], batch_size)
     large_map = rankings(large, small, processor, data, "oracle", nine["layer"], batch_size)
     result["map_similarity"] = map_similarity(small_map, large_map, nine["retain"])
@@ -224,7 +241,7 @@ def render(result: dict) -> str:
     see = result["see"]["at_70"]
     lines.append(f"SEE at the threshold sending {see['share_large']:.0%} to the large model: accuracy "
                  f"{see['accuracy']:.1%} ({see['of_large']:.1%} of the large model alone"
-                 + (f", {see['of_pruned']:.1%} of the SGL-pruned large model" if "of_pruned" in see else "") + ")")
+                 + (f", {see['of_pruned']:.1%} of the SGL-pruned large model" if see.get("of_pruned") is not None else "") + ")")
     sim, rnd = result["map_similarity"], result["map_similarity_random"]
     lines.append("small vs large global attention: " + ", ".join(f"{k} {v:.2f}" for k, v in sim.items())
                  + "  (random vs large: " + ", ".join(f"{k} {v:.2f}" for k, v in rnd.items()) + ")")
@@ -246,12 +263,15 @@ def markdown(result: dict) -> str:
             text = f"{entry['accuracy']:.1%} ({entry['of_large']:.0%})"
             cells.append(f"**{text}**" if entry["accuracy"] == best else text)
         lines.append(f"| {p['point']} | {p['layer']} | {p['retain']:.2f} | {p['ratio']:.1%} | " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy by question kind (large alone, small alone, and each ranker at the last point):", "",
+    nine = paper_point(result)
+    lines += ["", f"Accuracy by question kind (large alone, small alone, and each ranker at the {nine['point']} point), "
+              "and in brackets the share of samples whose answer tokens were all kept:", "",
               "| | " + " | ".join(result["kinds"]) + " |", "|---|" + "---|" * len(result["kinds"])]
-    rows = [("large alone", base["large"]["by_kind"]), ("small alone", base["small"]["by_kind"])]
-    last = result["points"][-1]
-    rows += [(f"{r} at {last['point']}", last["rankers"][r]["by_kind"]) for r in rankers]
-    lines += [f"| {name} | " + " | ".join(f"{by[k]:.0%}" for k in result["kinds"]) + " |" for name, by in rows]
+    lines += [f"| {name} alone | " + " | ".join(f"{base[name]['by_kind'][k]:.0%}" for k in result["kinds"]) + " |"
+              for name in ("large", "small")]
+    lines += [f"| {r} at {nine['point']} | " + " | ".join(
+        f"{nine['rankers'][r]['by_kind'][k]:.0%} ({nine['rankers'][r]['target_recall_by_kind'][k]:.0%})"
+        for k in result["kinds"]) + " |" for r in rankers]
     lines += ["", "Answer tokens all kept (target recall):", "",
               "| point | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
     lines += [f"| {p['point']} | " + " | ".join(f"{p['rankers'][r]['target_recall']:.0%}" for r in rankers) + " |"
@@ -262,7 +282,7 @@ def markdown(result: dict) -> str:
     lines += ["", f"SEE on top of SGL at K={see['layer']}, r={see['retain']}: at the threshold "
               f"{_threshold_text(at['threshold'])} that sends {at['share_large']:.0%} of the samples to the large model, "
               f"accuracy {at['accuracy']:.1%} ({at['of_large']:.1%} of the large model alone"
-              + (f", {at['of_pruned']:.1%} of the large model pruned by SGL at that point" if "of_pruned" in at else "")
+              + (f", {at['of_pruned']:.1%} of the large model pruned by SGL at that point" if at.get("of_pruned") is not None else "")
               + ").", "",
               "Small vs large global attention maps (per sample, averaged): " + ", ".join(
                   f"{k.replace('_', ' ')} {v:.2f}" for k, v in sim.items()) + "; a random ranking vs the large map: "
@@ -282,9 +302,10 @@ def plot(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ratios = [p["ratio"] for p in result["points"]]
-    for ranker in result["points"][0]["rankers"]:
-        ax.plot(ratios, [p["rankers"][ranker]["accuracy"] for p in result["points"]], marker="o", label=ranker)
+    paper = [p for p in result["points"] if p["point"] in PAPER_POINTS]   # extra points are not on the curve
+    ratios = [p["ratio"] for p in paper]
+    for ranker in paper[0]["rankers"]:
+        ax.plot(ratios, [p["rankers"][ranker]["accuracy"] for p in paper], marker="o", label=ranker)
     for name, style in (("large", "-"), ("small", ":")):
         ax.axhline(result["baseline"][name]["accuracy"], color="grey", linestyle=style, label=f"{name} alone")
     ax.set_xlabel("visual-token ratio (layer-averaged, as in the paper)")
@@ -311,6 +332,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure here")
     p.add_argument("--plot", default=None, metavar="PATH", help="PNG of accuracy against the token ratio")
     p.add_argument("--markdown", default=None, metavar="PATH", help="the tables as Markdown")
+    p.add_argument("--point", action="append", default=[], metavar="K:R",
+                   help="also measure every ranker at layer K, retain R (repeatable), e.g. --point 2:0.05")
     p.set_defaults(run=_run_eval)
 
 
@@ -324,7 +347,19 @@ def _run_eval(args) -> int:
             raise SystemExit(f"--rankers: unknown ranker {r!r}; choose from {', '.join(RANKERS)}")
     if args.samples < 1:
         raise SystemExit("--samples must be at least 1")
-    result = run(args.samples, args.seed, rankers, pair=load_pair(args.weights), batch_size=args.batch_size)
+    extra = []
+    for text in args.point:
+        try:
+            k, r = text.split(":")
+            extra.append((int(k), float(r)))
+        except ValueError:
+            raise SystemExit(f"--point {text!r}: give K:R, a layer and a retained share, e.g. 2:0.05") from None
+    pair = load_pair(args.weights)
+    try:
+        points(pair[1].config.text_config.num_hidden_layers, extra)
+    except ValueError as error:
+        raise SystemExit(f"--point: {error}") from None
+    result = run(args.samples, args.seed, rankers, pair=pair, batch_size=args.batch_size, extra_points=extra)
     print(render(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
