@@ -51,7 +51,7 @@ def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer
     layout = adapter.image_token_layout(model, inputs, 0)
     if not layout:
         raise ValueError(f"sgl-patch show does not know where {type(model).__name__}'s visual tokens lie in its "
-                         "images yet (families that say: Qwen2-VL, Qwen2.5-VL, Qwen3-VL)")
+                         "images yet (families that say: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5)")
     handle = sgl_patch.apply(model, small, layer=layer, retain=retain, ranker=ranker)
     try:
         with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
@@ -71,7 +71,7 @@ def add_parser(commands) -> None:
                             description="Run the large model guided by the small one on one image and question "
                                         "and draw which visual tokens layers K.. kept.  Without --model: a "
                                         "held-out scene of the lab's trained pair.")
-    p.add_argument("--model", help="large model (local path or hub id; Qwen2-VL family)")
+    p.add_argument("--model", help="large model (local path or hub id; Qwen2-VL family or LLaVA-1.5)")
     p.add_argument("--small", help="small model of the same family (with --model)")
     p.add_argument("--image", help="image file (with --model; default: a held-out lab scene)")
     p.add_argument("--question", help="question about the image (default: the lab scene's)")

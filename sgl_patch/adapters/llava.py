@@ -11,6 +11,15 @@ from .base import Adapter, chosen_items, items_of_samples
 
 
 class LlavaAdapter(Adapter):
+    def image_token_layout(self, model, inputs, row):
+        config = model.config
+        if config.vision_feature_select_strategy == "full":
+            return None  # the CLS token leads each image's tokens and lies nowhere in it
+        vision = config.vision_config
+        side = vision.image_size // vision.patch_size
+        images = int((inputs["input_ids"][row] == config.image_token_index).sum()) // (side * side)
+        return [(side, side, vision.patch_size)] * images
+
     def select_items(self, model, inputs, index, out):
         pixels = inputs.get("pixel_values")
         if pixels is None:
