@@ -10,23 +10,26 @@ from __future__ import annotations
 from .base import Adapter, chosen_items, items_of_samples
 
 
+def _grid_side(config) -> int:
+    """Patches along each side of an image (the tower's fixed input size)."""
+    return config.vision_config.image_size // config.vision_config.patch_size
+
+
 class LlavaAdapter(Adapter):
     def image_token_layout(self, model, inputs, row):
         config = model.config
         if config.vision_feature_select_strategy == "full":
             return None  # the CLS token leads each image's tokens and lies nowhere in it
-        vision = config.vision_config
-        side = vision.image_size // vision.patch_size
+        side = _grid_side(config)
         images = int((inputs["input_ids"][row] == config.image_token_index).sum()) // (side * side)
-        return [(side, side, vision.patch_size)] * images
+        return [(side, side, config.vision_config.patch_size)] * images
 
     def select_items(self, model, inputs, index, out):
         pixels = inputs.get("pixel_values")
         if pixels is None:
             return
         config = model.config
-        side = config.vision_config.image_size // config.vision_config.patch_size
-        per_image = side * side + (config.vision_feature_select_strategy == "full")
+        per_image = _grid_side(config) ** 2 + (config.vision_feature_select_strategy == "full")
         tokens = (inputs["input_ids"] == config.image_token_index).sum(1)
         items = chosen_items(items_of_samples(tokens, [per_image] * pixels.shape[0]), index)
         if items:

@@ -152,14 +152,15 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
         log(f"  {label}: {seconds:.1f} s")
         return value, seconds
 
-    def per_kind(predictions):
-        return {kind: _accuracy([p for p, s in zip(predictions, data) if s["kind"] == kind],
-                                [s for s in data if s["kind"] == kind]) for kind in scenes.KINDS}
+    def per_kind(measure, values):
+        """``measure(values, samples)`` over the samples of each question kind alone."""
+        return {kind: measure([v for v, s in zip(values, data) if s["kind"] == kind],
+                              [s for s in data if s["kind"] == kind]) for kind in scenes.KINDS}
 
     baseline = {}
     for name, model in (("large", large), ("small", small)):
         predictions, seconds = timed(f"{name} alone", lambda m=model: answers(m, processor, data, batch_size))
-        baseline[name] = {"accuracy": _accuracy(predictions, data), "by_kind": per_kind(predictions),
+        baseline[name] = {"accuracy": _accuracy(predictions, data), "by_kind": per_kind(_accuracy, predictions),
                           "seconds": seconds}
     result["baseline"] = baseline
 
@@ -177,10 +178,8 @@ def run(samples: int = 200, seed: int = 0, rankers=None, pair=None, batch_size: 
             accuracy = _accuracy(predictions, data)
             entry["rankers"][ranker] = {
                 "accuracy": accuracy, "of_large": accuracy / max(baseline["large"]["accuracy"], 1e-9),
-                "by_kind": per_kind(predictions), "target_recall": recall(kept, data),
-                "target_recall_by_kind": {kind: recall([k for k, s in zip(kept, data) if s["kind"] == kind],
-                                                       [s for s in data if s["kind"] == kind])
-                                          for kind in scenes.KINDS},
+                "by_kind": per_kind(_accuracy, predictions), "target_recall": recall(kept, data),
+                "target_recall_by_kind": per_kind(recall, kept),
                 "seconds": seconds}
         result["points"].append(entry)
 

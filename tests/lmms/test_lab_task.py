@@ -17,7 +17,8 @@ does to a sample, which the in-process reference below does the same way:
   becomes 112 px and the processor scales it back to 128 px, the lab's 256 visual tokens.  No bounds
   give 128 px through both resizes without the detour (128 is no multiple of 28).
 
-Every run and the reference load the shipped pair (``sgl_patch/lab/weights``).  No accuracy is asserted, only that lmms-eval's answers are the lab's own on the same inputs.
+Every run and the reference load the shipped pair (``sgl_patch/lab/weights``).  No accuracy is
+asserted, only that lmms-eval's answers are the lab's own on the same inputs.
 """
 
 from __future__ import annotations
