@@ -11,30 +11,86 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-MIN_SIDE = 512   # small images are enlarged (nearest neighbour) so one token's outline is visible
+from .adapters.layout import TokenGrid, token_count, token_places
+
+LAYOUT_SUPPORT = ("families that say: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, "
+                  "InternVL, and the original InternVL2 and llava codebases")
+
+MIN_SIDE = 512   # each view is drawn about this large (small images enlarged) so one token's outline is visible
+GAP = 16         # pixels between the views of one image
+DIM = 0.3        # brightness of dropped tokens
 
 
-def outline_kept(image: Image.Image, layout: tuple[int, int, int], kept) -> Image.Image:
-    """``image`` as the model saw it (``layout``: token rows, token columns, pixels per token side),
-    the tokens in ``kept`` (raster indices) outlined, the others dimmed."""
-    rows, cols, side = layout
-    picture = image.convert("RGB").resize((cols * side, rows * side), Image.BICUBIC)
-    scale = max(1, -(-MIN_SIDE // max(picture.size)))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    cell = side * scale
-    mask = np.zeros((rows, cols), dtype=bool)
-    kept = [int(i) for i in kept]
-    mask.flat[kept] = True
-    full = mask.repeat(cell, 0).repeat(cell, 1)
-    pixels = np.asarray(picture).astype(np.float32)
-    pixels[~full] *= 0.3
-    picture = Image.fromarray(pixels.astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    width = max(1, cell // 12)
-    for index in kept:
-        r, c = divmod(index, cols)
-        draw.rectangle((c * cell, r * cell, (c + 1) * cell - 1, (r + 1) * cell - 1), outline=(255, 230, 0), width=width)
+def outline_kept(image: Image.Image, segments, kept) -> Image.Image:
+    """``image`` as each of the model's views saw it (``segments``: ``Adapter.image_token_layout``
+    of this image), views side by side, the tokens in ``kept`` (indices among the image's visual
+    tokens) outlined and the others dimmed."""
+    places = token_places(segments)
+    kept = {int(i) for i in kept}
+    views = sorted({s.view for s in segments if isinstance(s, TokenGrid)})
+    panels = [_draw_view(image, segments, places, kept, view) for view in views]
+    picture = Image.new("RGB", (sum(p.width for p in panels) + GAP * (len(panels) - 1), max(p.height for p in panels)),
+                        (40, 40, 40))
+    x = 0
+    for panel in panels:
+        picture.paste(panel, (x, 0))
+        x += panel.width + GAP
     return picture
+
+
+def _draw_view(image, segments, places, kept, view) -> Image.Image:
+    grids = [s for s in segments if isinstance(s, TokenGrid) and s.view == view]
+    left, top = min(g.box[0] for g in grids), min(g.box[1] for g in grids)
+    right, bottom = max(g.box[2] for g in grids), max(g.box[3] for g in grids)
+    # the view's size in tokens, at the density of its first grid (a view's grids share one)
+    token_w = (grids[0].box[2] - grids[0].box[0]) / grids[0].cols
+    token_h = (grids[0].box[3] - grids[0].box[1]) / grids[0].rows
+    cols, rows = round((right - left) / token_w), round((bottom - top) / token_h)
+    cell = max(4, -(-MIN_SIDE // max(rows, cols)))
+    size = (cols * cell, rows * cell)
+    width, height = image.size
+    region = image.convert("RGB").crop((round(left * width), round(top * height),
+                                        round(right * width), round(bottom * height)))   # padding comes out black
+    upscale = size[0] >= region.width and size[1] >= region.height
+    panel = region.resize(size, Image.NEAREST if upscale else Image.BICUBIC)
+
+    def cell_box(grid, r, c):
+        x0 = (grid.box[0] + c * (grid.box[2] - grid.box[0]) / grid.cols - left) / (right - left) * size[0]
+        y0 = (grid.box[1] + r * (grid.box[3] - grid.box[1]) / grid.rows - top) / (bottom - top) * size[1]
+        return round(x0), round(y0), round(x0 + token_w / (right - left) * size[0]) - 1, \
+            round(y0 + token_h / (bottom - top) * size[1]) - 1
+
+    outlined = [cell_box(segments[g], r, c) for i, place in enumerate(places) if place and i in kept
+                for g, r, c in [place] if segments[g].view == view]
+    bright = np.zeros((size[1], size[0]), dtype=bool)
+    for x0, y0, x1, y1 in outlined:
+        bright[y0:y1 + 1, x0:x1 + 1] = True
+    pixels = np.asarray(panel).astype(np.float32)
+    pixels[~bright] *= DIM
+    panel = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(panel)
+    for box in outlined:
+        draw.rectangle(box, outline=(255, 230, 0), width=max(1, cell // 12))
+    return panel
+
+
+def image_layouts(model, inputs: dict, row: int, image_sizes=None):
+    """``Adapter.image_token_layout`` of ``model``'s family, with an error that names the families
+    that have one where this one has none."""
+    from .adapters import adapter_for
+
+    layouts = adapter_for(model).image_token_layout(model, inputs, row, image_sizes=image_sizes)
+    if not layouts:
+        raise ValueError(f"sgl-patch show does not know where {type(model).__name__}'s visual tokens lie in this "
+                         f"input ({LAYOUT_SUPPORT})")
+    return layouts
+
+
+def picture_of_kept(model, inputs: dict, image: Image.Image, kept, row: int = 0) -> Image.Image:
+    """The picture of what ``model`` kept of ``image``, the first image of sample ``row`` of
+    ``inputs``; ``kept``: that sample's entry of ``sgl_patch.kept_visual_tokens()``."""
+    first = image_layouts(model, inputs, row, image_sizes=[(image.height, image.width)])[0]
+    return outline_kept(image, first, [i for i in kept if i < token_count(first)])   # its tokens come first
 
 
 def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer, retain, ranker="small",
@@ -44,14 +100,8 @@ def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer
 
     import sgl_patch
 
-    from .adapters import adapter_for
-
     inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device)
-    adapter = adapter_for(model)
-    layout = adapter.image_token_layout(model, inputs, 0)
-    if not layout:
-        raise ValueError(f"sgl-patch show does not know where {type(model).__name__}'s visual tokens lie in its "
-                         "images yet (families that say: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-1.5)")
+    layouts = image_layouts(model, inputs, 0, image_sizes=[(image.height, image.width)])
     handle = sgl_patch.apply(model, small, layer=layer, retain=retain, ranker=ranker)
     try:
         with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
@@ -59,10 +109,9 @@ def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer
     finally:
         handle.remove()
     answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
-    rows, cols, _ = layout[0]
-    first_image = [i for i in kept[0] if i < rows * cols]   # the first image's tokens come first
-    outline_kept(image, layout[0], first_image).save(out)
-    return {"answer": answer, "kept": len(kept[0]), "kept_tokens": kept[0], "visual_tokens": sum(r * c for r, c, _ in layout),
+    picture_of_kept(model, inputs, image, kept[0]).save(out)
+    return {"answer": answer, "kept": len(kept[0]), "kept_tokens": kept[0],
+            "visual_tokens": sum(token_count(layout) for layout in layouts),
             "layer": handle.layer, "retain": retain, "ranker": ranker, "picture": str(out)}
 
 
@@ -71,7 +120,8 @@ def add_parser(commands) -> None:
                             description="Run the large model guided by the small one on one image and question "
                                         "and draw which visual tokens layers K.. kept.  Without --model: a "
                                         "held-out scene of the lab's trained pair.")
-    p.add_argument("--model", help="large model (local path or hub id; Qwen2-VL family or LLaVA-1.5)")
+    p.add_argument("--model", help="large model (local path or hub id; a native transformers class: Qwen2-VL family, "
+                                        "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision or InternVL)")
     p.add_argument("--small", help="small model of the same family (with --model)")
     p.add_argument("--image", help="image file (with --model; default: a held-out lab scene)")
     p.add_argument("--question", help="question about the image (default: the lab scene's)")

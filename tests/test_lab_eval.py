@@ -184,29 +184,3 @@ def test_cli_lab_eval_and_show(pair_dir, tmp_path):
     deep = subprocess.run([sys.executable, "-m", "sgl_patch", "lab", "eval", "--weights", str(pair_dir),
                            "--point", "9:0.05"], capture_output=True, text=True, env=env, timeout=300)
     assert deep.returncode != 0 and "--point: point K=9 r=0.05: K must be in 1.." in deep.stderr
-
-
-def test_llava_layout_places_every_kept_token_in_an_image():
-    """LLaVA-1.5's layout: one ``side x side`` grid of patches per image, as many as the row's
-    images; what SGL keeps indexes into them.  The "full" strategy (CLS first) has no layout."""
-    from sgl_patch import tiny
-
-    family = tiny.family("llava")
-    small, large = family.pair()
-    inputs = family.inputs([1, 3])                      # left-padded: 16 and 48 visual tokens
-    adapter = sgl_patch.adapters.adapter_for(large)
-    side = large.config.vision_config.image_size // large.config.vision_config.patch_size
-    patch = large.config.vision_config.patch_size
-    assert [adapter.image_token_layout(large, inputs, row) for row in (0, 1)] == [[(side, side, patch)],
-                                                                                  [(side, side, patch)] * 3]
-    sgl_patch.apply(large, small, layer=1, retain=0.25)
-    try:
-        with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
-            large.generate(**inputs, max_new_tokens=2, do_sample=False)
-    finally:
-        sgl_patch.remove(large)
-    for row, images in ((0, 1), (1, 3)):
-        assert len(kept[row]) == keep_count(images * side * side, 0.25)
-        assert all(0 <= i < images * side * side for i in kept[row])
-    large.config.vision_feature_select_strategy = "full"
-    assert adapter.image_token_layout(large, inputs, 0) is None

@@ -192,10 +192,12 @@ class Adapter:
             return model(**inputs, use_cache=False).logits
         return model(**inputs, use_cache=False, logits_to_keep=n_last).logits
 
-    def image_token_layout(self, model, inputs: dict, row: int):
+    def image_token_layout(self, model, inputs: dict, row: int, image_sizes=None):
         """Where sample ``row``'s visual tokens lie in its images, for pictures of what was kept
-        (``sgl-patch show``): per image, in token order, ``(token rows, token columns, pixels per
-        token side)`` of the image as the processor resized it; None where this family does not say."""
+        (``sgl-patch show``): per image, in token order, a list of ``layout.TokenGrid`` /
+        ``layout.Unplaced`` segments; None where this family does not say.  ``image_sizes``: the
+        row's images' ``(height, width)`` as given to the processor, for families whose inputs do
+        not record it (the regions of a padded or cropped view depend on it)."""
         return None
 
     # -- batches ---------------------------------------------------------------------------

@@ -21,19 +21,58 @@ Facts, read from transformers 5.23 ``models/internvl/``:
 
 from __future__ import annotations
 
+import torch
+
 from .base import Adapter, chosen_items, items_of_samples
+from .layout import tiled_image
 
 
 def tokens_per_tile(config) -> int:
     """Visual tokens of one tile (or video frame) under ``config`` (an ``InternVLConfig``)."""
+    rows, cols = tile_grid(config)
+    return rows * cols
+
+
+def tile_grid(config) -> tuple[int, int]:
+    """Token rows and columns of one tile: the tower's patch grid after the pixel shuffle, whose
+    tokens stay in raster order (each merges a square of patches)."""
     vision = config.vision_config
     # image_size / patch_size are normalised to (height, width) pairs by InternVLVisionConfig
-    sides = [int(int(size // patch) * config.downsample_ratio)
-             for size, patch in zip(vision.image_size, vision.patch_size)]
-    return sides[0] * sides[1]
+    return tuple(int(int(size // patch) * config.downsample_ratio)
+                 for size, patch in zip(vision.image_size, vision.patch_size))
+
+
+def image_runs(is_visual: torch.Tensor) -> list[int]:
+    """Lengths of the runs of visual tokens in one row: one per image, as ``<img>`` / ``</img>``
+    enclose each image's tiles."""
+    flags = is_visual.long().tolist()
+    runs, length = [], 0
+    for flag in flags + [0]:
+        if flag:
+            length += 1
+        elif length:
+            runs.append(length)
+            length = 0
+    return runs
+
+
+def tiled_layouts(runs, grid, image_sizes, thumbnail: bool):
+    """Layouts of a row's images from their runs of ``rows x cols``-token tiles (None where the
+    sizes given do not match the images)."""
+    if image_sizes is not None and len(image_sizes) != len(runs):
+        return None
+    per_tile = grid[0] * grid[1]
+    layouts = [tiled_image(run // per_tile, *grid, image_sizes[i] if image_sizes else None, thumbnail)
+               for i, run in enumerate(runs)]
+    return None if None in layouts else layouts
 
 
 class InternVLAdapter(Adapter):
+    def image_token_layout(self, model, inputs, row, image_sizes=None):
+        # the processor tiles with a thumbnail (crop_to_patches); a video frame is one tile
+        runs = image_runs(inputs["input_ids"][row] == model.config.image_token_id)
+        return tiled_layouts(runs, tile_grid(model.config), image_sizes, thumbnail=True)
+
     def select_items(self, model, inputs, index, out):
         pixels = inputs.get("pixel_values")
         if pixels is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples
+from .internvl import image_runs, tiled_layouts
 
 
 class InternVLChatAdapter(Adapter):
@@ -58,6 +59,13 @@ class InternVLChatAdapter(Adapter):
         out = model(pixel_values=pixels, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                     image_flags=flags, use_cache=False, return_dict=True)
         return out.logits
+
+    def image_token_layout(self, model, inputs, row, image_sizes=None):
+        if getattr(model, "ps_version", "v2") == "v1":
+            return None  # v1's pixel shuffle leaves each tile's tokens in column-major order
+        side = int(round(int(model.num_image_token) ** 0.5))
+        runs = image_runs(self.visual_mask(model, inputs["input_ids"])[row])
+        return tiled_layouts(runs, (side, side), image_sizes, thumbnail=bool(model.config.use_thumbnail))
 
     def tokenizer_vocabulary(self, model):
         # The sizes use different tokenizers (1B: Qwen2's, 2B/8B/26B: InternLM2's, 4B: Phi-3's,

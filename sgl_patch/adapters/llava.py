@@ -8,6 +8,7 @@ batch are stacked in ``pixel_values`` in prompt order.
 from __future__ import annotations
 
 from .base import Adapter, chosen_items, items_of_samples
+from .layout import WHOLE, TokenGrid, Unplaced, centre_square
 
 
 def _grid_side(config) -> int:
@@ -16,13 +17,15 @@ def _grid_side(config) -> int:
 
 
 class LlavaAdapter(Adapter):
-    def image_token_layout(self, model, inputs, row):
+    def image_token_layout(self, model, inputs, row, image_sizes=None):
         config = model.config
-        if config.vision_feature_select_strategy == "full":
-            return None  # the CLS token leads each image's tokens and lies nowhere in it
         side = _grid_side(config)
-        images = int((inputs["input_ids"][row] == config.image_token_index).sum()) // (side * side)
-        return [(side, side, config.vision_config.patch_size)] * images
+        cls = config.vision_feature_select_strategy == "full"   # the CLS token leads each image's tokens
+        images = int((inputs["input_ids"][row] == config.image_token_index).sum()) // (side * side + cls)
+        sizes = image_sizes or [None] * images
+        # llava-1.5-hf's CLIP processor: shortest edge resized, then the centre square cropped
+        return [[Unplaced(1)] * cls + [TokenGrid(side, side, centre_square(*size) if size else WHOLE)]
+                for size in sizes]
 
     def select_items(self, model, inputs, index, out):
         pixels = inputs.get("pixel_values")

@@ -29,11 +29,13 @@ their row, so the small model's attention ranks them like any other visual token
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, take_spans
+from .layout import TokenGrid, Unplaced, padded_square, token_count, unpadded_grid
 
 
 def crop_side(config) -> int:
@@ -50,31 +52,34 @@ def crops_per_image(config, image_size, patched: bool = True) -> int:
     return image_size_to_num_patches(list(image_size), config.image_grid_pinpoints, config.vision_config.image_size)
 
 
-def image_tokens(config, image_size, patched: bool = True, max_patches: int | None = None) -> int:
-    """Placeholders one image of ``image_size`` (height, width) becomes.
+def image_layout(config, image_size, patched: bool = True, max_patches: int | None = None) -> list:
+    """Where the tokens of one image of ``image_size`` (height, width) lie in it (``layout``): the base
+    view (the whole image squashed to one crop), then the anyres grid, unpadded, a newline ending
+    each row.
 
-    ``patched=False`` is LLaVA-OneVision's multi-image case (base view only, then one newline);
-    ``max_patches`` its ``anyres_max_N`` downsampling of large grids.  The grid arithmetic is the
-    model's own: ``get_anyres_image_grid_shape`` and ``unpad_image`` from ``modeling_llava_next``.
+    ``patched=False`` is LLaVA-OneVision's multi-image case (the image padded to a square, base view
+    only, then one newline); ``max_patches`` its ``anyres_max_N`` downsampling of large grids.  The
+    grid arithmetic is the model's own: ``get_anyres_image_grid_shape`` and ``unpad_image`` from
+    ``modeling_llava_next``; where the image lies on the canvas the crops were cut from is the image
+    processors' (``layout.canvas_box``).
     """
-    # the model's own grid arithmetic (module-level helpers of modeling_llava_next, imported here
-    # because transformers before 4.39 has no llava_next and ``import sgl_patch`` must work there)
+    # module-level helpers of modeling_llava_next, imported here because transformers before 4.39
+    # has no llava_next and ``import sgl_patch`` must work there
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-    side = crop_side(config)
+    side, crop = crop_side(config), config.vision_config.image_size
+    height, width = (int(s) for s in image_size)
     if not patched:
-        return side * side + 1
-    size = [int(s) for s in image_size]
-    rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
-    # unpad_image only slices by shape: an empty tensor of the feature map's shape stands in for it
-    height, width = unpad_image(torch.empty(0, rows * side, cols * side), size).shape[1:]
+        return [TokenGrid(side, side, padded_square(height, width)), Unplaced(1)]
+    rows, cols = get_anyres_image_grid_shape([height, width], config.image_grid_pinpoints, crop)
+    grid = unpadded_grid(unpad_image, [height, width], height, width, rows, cols, side, crop)
     if max_patches is not None:
         # LlavaOnevisionModel.pack_image_features: grids over anyres_max_N crops of features are
-        # interpolated down to int(h // ratio) x int(w // ratio) (ratio > 1.1 only)
-        ratio = math.sqrt(height * width / (max_patches * side * side))
+        # interpolated down to int(h // ratio) x int(w // ratio) (ratio > 1.1 only); same region
+        ratio = math.sqrt(grid.rows * grid.cols / (max_patches * side * side))
         if ratio > 1.1:
-            height, width = int(height // ratio), int(width // ratio)
-    return side * side + height * (width + 1)
+            grid = dataclasses.replace(grid, rows=int(grid.rows // ratio), cols=int(grid.cols // ratio))
+    return [TokenGrid(side, side), grid]
 
 
 class LlavaNextAdapter(Adapter):
@@ -85,8 +90,11 @@ class LlavaNextAdapter(Adapter):
         """Which images are cut into an anyres grid: all of them in LLaVA-NeXT."""
         return [True] * n_images
 
+    def image_layout(self, config, image_size, patched: bool) -> list:
+        return image_layout(config, image_size, patched)
+
     def image_tokens(self, config, image_size, patched: bool) -> int:
-        return image_tokens(config, image_size, patched)
+        return token_count(self.image_layout(config, image_size, patched))
 
     def video_tokens(self, config, n_frames: int) -> int:
         raise NotImplementedError(f"{self.family} takes no videos")
@@ -95,6 +103,16 @@ class LlavaNextAdapter(Adapter):
         """Per-image inputs beyond pixels and sizes (OneVision's ``batch_num_images``)."""
 
     # -- shared -----------------------------------------------------------------------------
+    def image_token_layout(self, model, inputs, row, image_sizes=None):
+        config, sizes = model.config, inputs.get("image_sizes")
+        if sizes is None:
+            return None
+        patched = self.patched_images(inputs, sizes.shape[0])
+        per_image = [self.image_tokens(config, s.tolist(), p) for s, p in zip(sizes, patched)]
+        tokens = (inputs["input_ids"] == config.image_token_id).sum(1)
+        return [self.image_layout(config, sizes[i].tolist(), patched[i])
+                for i in items_of_samples(tokens, per_image)[row]]
+
     def select_items(self, model, inputs, index, out):
         config = model.config
         pixels, sizes = inputs.get("pixel_values"), inputs.get("image_sizes")

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .llava_next import LlavaNextAdapter, crop_side, image_tokens
+from .llava_next import LlavaNextAdapter, crop_side, image_layout
 
 
 def max_patches(config) -> int:
@@ -44,8 +44,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             raise ValueError(f"batch_num_images {groups} does not add up to the {n_images} images of image_sizes")
         return [n == 1 for n in groups for _ in range(n)]
 
-    def image_tokens(self, config, image_size, patched):
-        return image_tokens(config, image_size, patched, max_patches=max_patches(config))
+    def image_layout(self, config, image_size, patched):
+        return image_layout(config, image_size, patched, max_patches=max_patches(config))
 
     def video_tokens(self, config, n_frames):
         return n_frames * math.ceil(crop_side(config) / 2) ** 2 + 1

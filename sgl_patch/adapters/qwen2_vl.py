@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, take_spans
+from .layout import TokenGrid
 
 # per modality: (placeholder id attribute, patches key, grid key, other per-item keys)
 _MODALITIES = (
@@ -38,16 +39,16 @@ class Qwen2VLAdapter(Adapter):
                 if inputs.get(key) is not None:
                     out[key] = inputs[key][items]
 
-    def image_token_layout(self, model, inputs, row):
+    def image_token_layout(self, model, inputs, row, image_sizes=None):
         grid = inputs.get("image_grid_thw")
         if grid is None or inputs.get("video_grid_thw") is not None:
             return None  # frames of videos interleave with images in the token order: images only
-        vision = model.config.vision_config
-        merge = vision.spatial_merge_size
+        merge = model.config.vision_config.spatial_merge_size
         per_item = [t * h * w // merge ** 2 for t, h, w in grid.tolist()]
         tokens = (inputs["input_ids"] == model.config.image_token_id).sum(1)
         items = items_of_samples(tokens, per_item)[row]
-        return [(int(grid[i, 1]) // merge, int(grid[i, 2]) // merge, vision.patch_size * merge) for i in items]
+        # the processor resizes the whole image (no crop, no padding) to the grid's size
+        return [[TokenGrid(int(grid[i, 1]) // merge, int(grid[i, 2]) // merge)] for i in items]
 
 
 ADAPTER = Qwen2VLAdapter(

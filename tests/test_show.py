@@ -1,0 +1,259 @@
+"""Token layouts for ``sgl-patch show`` on the native families (transformers 5).
+
+Each layout is checked against what produced the tokens: the real image processor's pixels (run
+without rescaling or normalising, on an image whose colour encodes the position: red grows left to
+right, green top to bottom) and the model's own anyres helpers, so a region that is off by one token
+fails.  Token counts are checked against the placeholders of padded multi-image batches of every
+family, and the picture against its layout.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sgl_patch
+from sgl_patch import tiny
+from sgl_patch.adapters import adapter_for
+from sgl_patch.adapters.internvl import ADAPTER as INTERNVL
+from sgl_patch.adapters.internvl import image_runs
+from sgl_patch.adapters.layout import TokenGrid, Unplaced, token_count, token_places
+from sgl_patch.adapters.llava import ADAPTER as LLAVA
+from sgl_patch.adapters.llava_next import image_layout
+from sgl_patch.prune import keep_count
+from sgl_patch.show import DIM, outline_kept, picture_of_kept
+
+# (height, width): wide, tall, square, and sizes whose anyres canvases are padded unevenly
+SIZES = [(40, 90), (90, 40), (64, 64), (33, 70), (70, 33), (30, 200)]
+CROP, PATCH = 32, 4   # 8 x 8 features a crop: fine enough for a one-token error to show
+
+
+def coordinate_image(height: int, width: int) -> Image.Image:
+    x = (np.arange(width) + 0.5) / width * 255
+    y = (np.arange(height) + 0.5) / height * 255
+    pixels = np.stack([np.broadcast_to(x, (height, width)), np.broadcast_to(y[:, None], (height, width)),
+                       np.full((height, width), 255.0)], -1)
+    return Image.fromarray(pixels.round().astype(np.uint8), "RGB")
+
+
+def pooled(pixels, rows: int, cols: int) -> np.ndarray:
+    """Mean colour of each of ``rows x cols`` cells of ``pixels`` ``[3, H, W]`` -> ``[rows, cols, 3]``."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    c, h, w = pixels.shape
+    return pixels.reshape(c, rows, h // rows, cols, w // cols).mean((2, 4)).transpose(1, 2, 0)
+
+
+def expected_colours(grid: TokenGrid) -> np.ndarray:
+    """The colour each token of ``grid`` shows if its region is right: red and green encode its cell's
+    centre, blue the share of the cell that lies on the image (the processors pad with black)."""
+    left, top, right, bottom = grid.box
+    edges_x = left + np.arange(grid.cols + 1) * (right - left) / grid.cols
+    edges_y = top + np.arange(grid.rows + 1) * (bottom - top) / grid.rows
+
+    def on_image(edges):
+        return (np.minimum(edges[1:], 1) - np.maximum(edges[:-1], 0)).clip(0) / (edges[1:] - edges[:-1])
+
+    centre_x, centre_y = (edges_x[1:] + edges_x[:-1]) / 2, (edges_y[1:] + edges_y[:-1]) / 2
+    shape = (grid.rows, grid.cols)
+    return np.stack([np.broadcast_to(centre_x * 255, shape), np.broadcast_to(centre_y[:, None] * 255, shape),
+                     on_image(edges_y)[:, None] * on_image(edges_x)[None, :] * 255], -1)
+
+
+def assert_matches(grid: TokenGrid, pixels) -> None:
+    """``pixels`` (what the processor gave the tokens of ``grid``) show the regions ``grid`` says."""
+    got, want = pooled(pixels, grid.rows, grid.cols), expected_colours(grid)
+    assert np.abs(got[..., 2] - want[..., 2]).max() < 0.2 * 255, (grid, got[..., 2], want[..., 2])
+    inside = want[..., 2] > 254.9
+    assert inside.any()
+    # a cell's centre may be off by a fraction of a token from resampling, never by a whole one
+    step = np.array([255 * (grid.box[2] - grid.box[0]) / grid.cols, 255 * (grid.box[3] - grid.box[1]) / grid.rows])
+    error = np.abs(got[inside][:, :2] - want[inside][:, :2]) / step
+    assert error.max() < 0.35, (grid, error.max())
+
+
+def next_config(pinpoints, **extra):
+    from transformers import LlavaNextConfig
+
+    return LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", image_size=CROP, patch_size=PATCH,
+                                              hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                              num_attention_heads=1),
+                           text_config=dict(model_type="llama", hidden_size=8, intermediate_size=8,
+                                            num_hidden_layers=1, num_attention_heads=1, vocab_size=32),
+                           image_grid_pinpoints=pinpoints, **extra)
+
+
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_llava_next_base_view_and_unpadded_grid_show_their_regions(size):
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
+    height, width = size
+    processor = LlavaNextImageProcessorPil(size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
+                                           image_grid_pinpoints=PINPOINTS, do_rescale=False, do_normalize=False)
+    crops = np.asarray(processor(images=[coordinate_image(height, width)], return_tensors="np")["pixel_values"][0])
+    base, grid = image_layout(next_config(PINPOINTS), size)
+    assert base == TokenGrid(CROP // PATCH, CROP // PATCH) and grid.newlines and grid.view == 1
+    assert_matches(base, crops[0])
+    # the crops stitched into the canvas, pooled to features and unpadded by the model's own helper
+    rows, cols = get_anyres_image_grid_shape(size, PINPOINTS, CROP)
+    canvas = crops[1:1 + rows * cols].reshape(rows, cols, 3, CROP, CROP).transpose(2, 0, 3, 1, 4)
+    features = pooled(canvas.reshape(3, rows * CROP, cols * CROP), rows * CROP // PATCH, cols * CROP // PATCH)
+    unpadded = unpad_image(torch.from_numpy(features.transpose(2, 0, 1).copy()), list(size)).numpy()
+    assert unpadded.shape[1:] == (grid.rows, grid.cols)
+    assert_matches(grid, np.kron(unpadded, np.ones((1, PATCH, PATCH))))
+
+
+@pytest.mark.parametrize("size", SIZES[:3])
+def test_onevision_multi_image_view_is_the_image_padded_to_a_square(size):
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    height, width = size
+    processor = LlavaOnevisionImageProcessorPil(size={"height": CROP, "width": CROP}, image_grid_pinpoints=PINPOINTS,
+                                                do_rescale=False, do_normalize=False, image_mean=[0, 0, 0])
+    batch = processor(images=[[coordinate_image(height, width)] * 2], return_tensors="np")   # two images: no grid
+    config = next_config(PINPOINTS)
+    view, newline = image_layout(config, size, patched=False)
+    assert newline == Unplaced(1)
+    assert_matches(view, batch["pixel_values"][0][0])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_internvl_tiles_and_thumbnail_show_their_regions(size):
+    from transformers import InternVLConfig
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    height, width = size
+    processor = GotOcr2ImageProcessorPil(size={"height": CROP, "width": CROP}, crop_to_patches=True, min_patches=1,
+                                         max_patches=12, do_rescale=False, do_normalize=False)
+    tiles = processor(images=[coordinate_image(height, width)], return_tensors="np")["pixel_values"]
+    config = InternVLConfig(vision_config=dict(image_size=CROP, patch_size=PATCH, hidden_size=8, intermediate_size=8,
+                                               num_hidden_layers=1, num_attention_heads=1),
+                            text_config=dict(model_type="qwen2", hidden_size=8, intermediate_size=8,
+                                             num_hidden_layers=1, num_attention_heads=1, vocab_size=32),
+                            image_token_id=7)
+    per_tile = (CROP // PATCH // 2) ** 2
+    ids = torch.tensor([[1, 2] + [7] * per_tile * len(tiles) + [3, 4]])
+    [layout] = INTERNVL.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0, image_sizes=[size])
+    assert len(layout) == len(tiles) and token_count(layout) == per_tile * len(tiles)
+    for grid, pixels in zip(layout, tiles):
+        assert_matches(grid, pixels)
+    if len(tiles) > 1:  # the thumbnail comes last and is the whole image
+        assert layout[-1] == TokenGrid(4, 4) and {g.view for g in layout[:-1]} == {1}
+    if len(tiles) > 1:  # without the image's size a tiled image has no layout (its arrangement is unknown)
+        assert INTERNVL.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0) is None
+
+
+@pytest.mark.parametrize("size", SIZES[:3])
+def test_llava_view_is_the_centre_square(size):
+    from transformers import LlavaConfig
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    height, width = size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
+                                      do_center_crop=True, do_rescale=False, do_normalize=False)
+    pixels = processor(images=[coordinate_image(height, width)], return_tensors="np")["pixel_values"][0]
+    config = LlavaConfig(vision_config=dict(model_type="clip_vision_model", image_size=CROP, patch_size=PATCH),
+                         image_token_index=7, vision_feature_select_strategy="default")
+    ids = torch.tensor([[1] + [7] * (CROP // PATCH) ** 2 + [2]])
+    [[grid]] = LLAVA.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0, image_sizes=[size])
+    assert_matches(grid, pixels)
+    config.vision_feature_select_strategy = "full"   # the CLS token first, lying nowhere
+    ids = torch.tensor([[1] + [7] * ((CROP // PATCH) ** 2 + 1) + [2]])
+    assert LLAVA.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0, image_sizes=[size]) == \
+        [[Unplaced(1), grid]]
+
+
+IMAGE_FAMILIES = [name for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_next_video",
+                                    "llava_onevision", "internvl") if tiny.supported(name)]
+
+
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
+def test_layouts_account_for_every_visual_token_of_a_padded_batch(name):
+    """Per row of a left-padded batch of samples with one, several and no images: the layouts' token
+    counts add up to the row's image placeholders, image by image in prompt order."""
+    family = tiny.family(name)
+    model = family.model()
+    samples = [*family.multi, None] if getattr(family, "multi", None) else [*family.mixed, None]
+    inputs = family.inputs(samples)
+    adapter = adapter_for(model)
+    image_id = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    for row in range(len(samples)):
+        is_image = inputs["input_ids"][row] == image_id
+        runs = image_runs(is_image)
+        layouts = adapter.image_token_layout(model, inputs, row, image_sizes=[(60, 90)] * len(runs))
+        assert layouts is not None
+        assert sum(token_count(layout) for layout in layouts) == int(is_image.sum())
+        assert all(len(token_places(layout)) == token_count(layout) for layout in layouts)
+        if name.startswith("internvl") or name.startswith("llava_next") or name == "llava_onevision":
+            assert [token_count(layout) for layout in layouts] == runs   # each image is one run
+
+
+def test_picture_of_two_views_outlines_kept_tokens_and_skips_newlines():
+    """A base view and a grid with newlines: kept tokens of each view are bright in their panel,
+    dropped ones dimmed; a kept newline is drawn nowhere."""
+    layout = [TokenGrid(2, 2), TokenGrid(2, 3, (0.0, 0.0, 1.0, 1.0), newlines=True, view=1)]
+    places = token_places(layout)
+    assert places[4:] == [(1, 0, 0), (1, 0, 1), (1, 0, 2), None, (1, 1, 0), (1, 1, 1), (1, 1, 2), None]
+    image = Image.new("RGB", (60, 40), (200, 180, 160))
+    kept = [0, 3, 5, 7, 10]          # base (0,0), (1,1); grid (0,1); a newline; grid (1,2)
+    picture = np.asarray(outline_kept(image, layout, kept)).astype(int)
+    base_cell, grid_cell = -(-512 // 2), -(-512 // 3)
+    assert picture.shape[:2] == (2 * base_cell, 2 * base_cell + 16 + 3 * grid_cell)
+
+    def centre(x0, cell, r, c):
+        return picture[r * cell + cell // 2, x0 + c * cell + cell // 2]
+
+    for (r, c), bright in {(0, 0): True, (0, 1): False, (1, 0): False, (1, 1): True}.items():
+        assert (centre(0, base_cell, r, c) == (200, 180, 160)).all() == bright
+    x0 = 2 * base_cell + 16
+    for (r, c), bright in {(0, 0): False, (0, 1): True, (0, 2): False, (1, 2): True, (1, 0): False}.items():
+        pixel = centre(x0, grid_cell, r, c)
+        assert (pixel == (200, 180, 160)).all() if bright else (pixel <= np.array([200, 180, 160]) * DIM + 1).all()
+
+
+def test_picture_of_kept_on_a_tiny_llava_next_batch():
+    """SGL's kept tokens of a real generate on an anyres image land in its two views."""
+    family = tiny.family("llava_next")
+    small, large = family.pair()
+    inputs = family.inputs([family.one])
+    sgl_patch.apply(large, small, layer=1, retain=0.25)
+    try:
+        with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
+            large.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        sgl_patch.remove(large)
+    height, width = family.one
+    [layout] = adapter_for(large).image_token_layout(large, inputs, 0)
+    assert len(kept[0]) == keep_count(token_count(layout), 0.25)
+    picture = picture_of_kept(large, inputs, Image.new("RGB", (width * 8, height * 8), (90, 200, 30)), kept[0])
+    assert picture.width > picture.height   # two views side by side
+
+
+def test_llava_layout_places_every_kept_token_in_an_image():
+    """LLaVA-1.5's layout: one ``side x side`` grid of patches per image, as many as the row's
+    images; what SGL keeps indexes into them."""
+    family = tiny.family("llava")
+    small, large = family.pair()
+    inputs = family.inputs([1, 3])                      # left-padded: 16 and 48 visual tokens
+    adapter = sgl_patch.adapters.adapter_for(large)
+    side = large.config.vision_config.image_size // large.config.vision_config.patch_size
+    assert [adapter.image_token_layout(large, inputs, row) for row in (0, 1)] == [[[TokenGrid(side, side)]],
+                                                                                  [[TokenGrid(side, side)]] * 3]
+    sgl_patch.apply(large, small, layer=1, retain=0.25)
+    try:
+        with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
+            large.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        sgl_patch.remove(large)
+    for row, images in ((0, 1), (1, 3)):
+        assert len(kept[row]) == keep_count(images * side * side, 0.25)
+        assert all(0 <= i < images * side * side for i in kept[row])
