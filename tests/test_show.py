@@ -9,6 +9,9 @@ family, and the picture against its layout.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -216,3 +219,54 @@ def test_llava_layout_places_every_kept_token_in_an_image():
     for row, images in ((0, 1), (1, 3)):
         assert len(kept[row]) == keep_count(images * side * side, 0.25)
         assert all(0 <= i < images * side * side for i in kept[row])
+
+
+def save_llava_next_processor(path) -> None:
+    """A real ``LlavaNextProcessor`` for the tiny LLaVA-NeXT family, saved beside its weights: a word-level
+    tokenizer whose ``<image>`` is the family's placeholder id, the PIL anyres image processor with the
+    family's crops and pinpoints, and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from sgl_patch.tiny.base import IMAGE
+    from sgl_patch.tiny.llava_next import CROP as TINY_CROP
+    from sgl_patch.tiny.llava_next import NEXT_PINPOINTS
+    from sgl_patch.tiny.llava_next import PATCH as TINY_PATCH
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE}
+    vocab.update({w: 8 + i for i, w in enumerate("what colour is the shape ?".split())})
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": TINY_CROP},
+                                        crop_size={"height": TINY_CROP, "width": TINY_CROP},
+                                        image_grid_pinpoints=NEXT_PINPOINTS)
+    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}")
+    # CLIP towers: the processor counts the CLS token, then drops it for the "default" strategy
+    LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=TINY_PATCH,
+                       vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                       chat_template=template).save_pretrained(path)
+
+
+def test_cli_show_on_a_saved_llava_next_pair_with_its_processor(tmp_path):
+    """``sgl-patch show --model``: from_pretrained pair and processor, a tall picture; the processor's
+    placeholder count, the model's features and the layout agree, and the PNG holds both views."""
+    from transformers import LlavaNextConfig
+
+    small, large = tiny.family("llava_next").saved_pair(tmp_path)
+    save_llava_next_processor(large)
+    image = tmp_path / "tall.png"
+    coordinate_image(90, 40).save(image)
+    out = tmp_path / "kept.png"
+    run = subprocess.run([sys.executable, "-m", "sgl_patch", "show", "--model", large, "--small", small,
+                          "--image", str(image), "--question", "what colour is the shape ?", "--layer", "1",
+                          "--retain", "0.25", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert run.returncode == 0, run.stderr
+    total = token_count(image_layout(LlavaNextConfig.from_pretrained(large), (90, 40)))
+    assert f"kept {keep_count(total, 0.25)} of {total} visual tokens from layer 1" in run.stdout
+    picture = Image.open(out)
+    assert picture.width > picture.height   # the base view and the grid, side by side
