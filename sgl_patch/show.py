@@ -27,7 +27,7 @@ def outline_kept(image: Image.Image, segments, kept) -> Image.Image:
     tokens) outlined and the others dimmed."""
     places = token_places(segments)
     kept = {int(i) for i in kept}
-    views = sorted({s.view for s in segments if isinstance(s, TokenGrid)})
+    views = sorted({s.view for s in segments if isinstance(s, TokenGrid) and s.tokens})
     panels = [_draw_view(image, segments, places, kept, view) for view in views]
     picture = Image.new("RGB", (sum(p.width for p in panels) + GAP * (len(panels) - 1), max(p.height for p in panels)),
                         (40, 40, 40))
@@ -39,12 +39,14 @@ def outline_kept(image: Image.Image, segments, kept) -> Image.Image:
 
 
 def _draw_view(image, segments, places, kept, view) -> Image.Image:
-    grids = [s for s in segments if isinstance(s, TokenGrid) and s.view == view]
+    grids = [s for s in segments if isinstance(s, TokenGrid) and s.view == view and s.tokens]
     left, top = min(g.box[0] for g in grids), min(g.box[1] for g in grids)
     right, bottom = max(g.box[2] for g in grids), max(g.box[3] for g in grids)
     # the view's size in tokens, at the density of its first grid (a view's grids share one)
     token_w = (grids[0].box[2] - grids[0].box[0]) / grids[0].cols
     token_h = (grids[0].box[3] - grids[0].box[1]) / grids[0].rows
+    assert all(abs((g.box[2] - g.box[0]) / g.cols - token_w) < 1e-6 * token_w for g in grids), \
+        "the grids of one view must share one token size"
     cols, rows = round((right - left) / token_w), round((bottom - top) / token_h)
     cell = max(4, -(-MIN_SIDE // max(rows, cols)))
     size = (cols * cell, rows * cell)
@@ -76,19 +78,22 @@ def _draw_view(image, segments, places, kept, view) -> Image.Image:
 
 def image_layouts(model, inputs: dict, row: int, image_sizes=None):
     """``Adapter.image_token_layout`` of ``model``'s family, with an error that names the families
-    that have one where this one has none."""
+    that have one where this one has none for the row's first image."""
     from .adapters import adapter_for
 
     layouts = adapter_for(model).image_token_layout(model, inputs, row, image_sizes=image_sizes)
-    if not layouts:
+    if not layouts or layouts[0] is None:
         raise ValueError(f"sgl-patch show does not know where {type(model).__name__}'s visual tokens lie in this "
-                         f"input ({LAYOUT_SUPPORT})")
+                         f"input ({LAYOUT_SUPPORT}; images only, no videos)")
     return layouts
 
 
 def picture_of_kept(model, inputs: dict, image: Image.Image, kept, row: int = 0) -> Image.Image:
     """The picture of what ``model`` kept of ``image``, the first image of sample ``row`` of
-    ``inputs``; ``kept``: that sample's entry of ``sgl_patch.kept_visual_tokens()``."""
+    ``inputs`` (what the model's ``generate`` was given: ``input_ids`` and the pixel inputs);
+    ``kept``: that sample's entry of ``sgl_patch.kept_visual_tokens()``."""
+    if kept is None:
+        raise ValueError("this sample was not pruned (early exit, or no visual tokens): nothing to draw")
     first = image_layouts(model, inputs, row, image_sizes=[(image.height, image.width)])[0]
     return outline_kept(image, first, [i for i in kept if i < token_count(first)])   # its tokens come first
 
@@ -101,7 +106,7 @@ def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer
     import sgl_patch
 
     inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device)
-    layouts = image_layouts(model, inputs, 0, image_sizes=[(image.height, image.width)])
+    layouts = image_layouts(model, inputs, 0, image_sizes=[(image.height, image.width)])   # refuse before generating
     handle = sgl_patch.apply(model, small, layer=layer, retain=retain, ranker=ranker)
     try:
         with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
@@ -111,7 +116,7 @@ def show(model, small, processor, image: Image.Image, prompt: str, out, *, layer
     answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
     picture_of_kept(model, inputs, image, kept[0]).save(out)
     return {"answer": answer, "kept": len(kept[0]), "kept_tokens": kept[0],
-            "visual_tokens": sum(token_count(layout) for layout in layouts),
+            "visual_tokens": token_count(layouts[0]),
             "layer": handle.layer, "retain": retain, "ranker": ranker, "picture": str(out)}
 
 

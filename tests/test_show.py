@@ -24,23 +24,23 @@ from sgl_patch import tiny
 from sgl_patch.adapters import adapter_for
 from sgl_patch.adapters.internvl import ADAPTER as INTERNVL
 from sgl_patch.adapters.internvl import image_runs
-from sgl_patch.adapters.layout import TokenGrid, Unplaced, token_count, token_places
+from sgl_patch.adapters.layout import TokenGrid, Unplaced, centre_square, padded_square, token_count, token_places
 from sgl_patch.adapters.llava import ADAPTER as LLAVA
 from sgl_patch.adapters.llava_next import image_layout
 from sgl_patch.prune import keep_count
 from sgl_patch.show import DIM, outline_kept, picture_of_kept
 
-from layout_checks import assert_matches, coordinate_image, pooled
+from layout_checks import assert_matches, coordinate_image, expected_colours, pooled
 
 # (height, width): wide, tall, square, and sizes whose anyres canvases are padded unevenly
 SIZES = [(40, 90), (90, 40), (64, 64), (33, 70), (70, 33), (30, 200)]
 CROP, PATCH = 32, 4   # 8 x 8 features a crop: fine enough for a one-token error to show
 
 
-def next_config(pinpoints, **extra):
+def next_config(pinpoints, crop: int = CROP, patch: int = PATCH, **extra):
     from transformers import LlavaNextConfig
 
-    return LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", image_size=CROP, patch_size=PATCH,
+    return LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", image_size=crop, patch_size=patch,
                                               hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                               num_attention_heads=1),
                            text_config=dict(model_type="llama", hidden_size=8, intermediate_size=8,
@@ -51,25 +51,50 @@ def next_config(pinpoints, **extra):
 PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
 
 
+def crop_features(crop_pixels, side: int, patch: int) -> np.ndarray:
+    """``[3, side, side]`` mean colours of a crop's patches: the tower's convolution covers its top-left
+    ``side * patch`` pixels (all of them where the patch divides the crop)."""
+    return pooled(crop_pixels[:, :side * patch, :side * patch], side, side).transpose(2, 0, 1)
+
+
+# (crop, patch): patches that divide the crop, and patches that leave an edge uncovered (SigLIP's 384 / 14)
+@pytest.mark.parametrize("crop,patch", [(CROP, PATCH), (30, 4)])
 @pytest.mark.parametrize("size", SIZES)
-def test_llava_next_base_view_and_unpadded_grid_show_their_regions(size):
+def test_llava_next_base_view_and_unpadded_grid_show_their_regions(size, crop, patch):
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
     height, width = size
-    processor = LlavaNextImageProcessorPil(size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP},
-                                           image_grid_pinpoints=PINPOINTS, do_rescale=False, do_normalize=False)
+    pinpoints = [[h * crop // CROP, w * crop // CROP] for h, w in PINPOINTS]
+    processor = LlavaNextImageProcessorPil(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop},
+                                           image_grid_pinpoints=pinpoints, do_rescale=False, do_normalize=False)
     crops = np.asarray(processor(images=[coordinate_image(height, width)], return_tensors="np")["pixel_values"][0])
-    base, grid = image_layout(next_config(PINPOINTS), size)
-    assert base == TokenGrid(CROP // PATCH, CROP // PATCH) and grid.newlines and grid.view == 1
-    assert_matches(base, crops[0])
-    # the crops stitched into the canvas, pooled to features and unpadded by the model's own helper
-    rows, cols = get_anyres_image_grid_shape(size, PINPOINTS, CROP)
-    canvas = crops[1:1 + rows * cols].reshape(rows, cols, 3, CROP, CROP).transpose(2, 0, 3, 1, 4)
-    features = pooled(canvas.reshape(3, rows * CROP, cols * CROP), rows * CROP // PATCH, cols * CROP // PATCH)
-    unpadded = unpad_image(torch.from_numpy(features.transpose(2, 0, 1).copy()), list(size)).numpy()
+    base, grid = image_layout(next_config(pinpoints, crop, patch), size)
+    side = crop // patch
+    assert (base.rows, base.cols) == (side, side) and grid.newlines and grid.view == 1
+    assert_matches(base, np.kron(crop_features(crops[0], side, patch), np.ones((1, patch, patch))))
+    # the crops' features stitched into the canvas's map and unpadded by the model's own helper
+    rows, cols = get_anyres_image_grid_shape(size, pinpoints, crop)
+    features = np.concatenate([np.concatenate([crop_features(crops[1 + r * cols + c], side, patch) for c in range(cols)], 2)
+                               for r in range(rows)], 1)
+    unpadded = unpad_image(torch.from_numpy(features.copy()), list(size)).numpy()
     assert unpadded.shape[1:] == (grid.rows, grid.cols)
-    assert_matches(grid, np.kron(unpadded, np.ones((1, PATCH, PATCH))))
+    assert_matches(grid, np.kron(unpadded, np.ones((1, patch, patch))))
+
+
+def test_an_image_that_unpadding_empties_is_its_base_view():
+    """A sliver of an image leaves no row of its anyres map: the model reads the base view alone, and the
+    layout says so (no crash in the pruning path, which counts tokens by the layout)."""
+    family = tiny.family("llava_next")
+    large = family.model()
+    inputs = family.inputs([(1, 100), (8, 16)])
+    [layout] = adapter_for(large).image_token_layout(large, inputs, 0)
+    assert token_count(layout) == 16 and layout[1].tokens == 0
+    adapter = adapter_for(large)
+    with torch.no_grad():   # split as early exit splits a batch; the model checks its features' count
+        for row in (0, 1):
+            large.generate(**adapter.select_samples(large, inputs, torch.tensor([row])), max_new_tokens=1)
+    assert outline_kept(coordinate_image(1, 100), layout, range(16)).size == (512, 512)
 
 
 @pytest.mark.parametrize("size", SIZES[:3])
@@ -111,7 +136,11 @@ def test_internvl_tiles_and_thumbnail_show_their_regions(size):
     if len(tiles) > 1:  # the thumbnail comes last and is the whole image
         assert layout[-1] == TokenGrid(4, 4) and {g.view for g in layout[:-1]} == {1}
     if len(tiles) > 1:  # without the image's size a tiled image has no layout (its arrangement is unknown)
-        assert INTERNVL.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0) is None
+        assert INTERNVL.image_token_layout(SimpleNamespace(config=config), {"input_ids": ids}, 0) == [None]
+    # a second image after it, its size not given: the first still has its layout (``picture_of_kept``)
+    two = torch.cat([ids, ids], 1)
+    assert INTERNVL.image_token_layout(SimpleNamespace(config=config), {"input_ids": two}, 0, image_sizes=[size]) == \
+        [layout, layout if len(tiles) == 1 else None]
 
 
 @pytest.mark.parametrize("size", SIZES[:3])
@@ -208,8 +237,10 @@ def test_llava_layout_places_every_kept_token_in_an_image():
     inputs = family.inputs([1, 3])                      # left-padded: 16 and 48 visual tokens
     adapter = sgl_patch.adapters.adapter_for(large)
     side = large.config.vision_config.image_size // large.config.vision_config.patch_size
-    assert [adapter.image_token_layout(large, inputs, row) for row in (0, 1)] == [[[TokenGrid(side, side)]],
-                                                                                  [[TokenGrid(side, side)]] * 3]
+    square = [(30, 30)] * 3
+    assert [adapter.image_token_layout(large, inputs, row, square) for row in (0, 1)] == [[[TokenGrid(side, side)]],
+                                                                                          [[TokenGrid(side, side)]] * 3]
+    assert adapter.image_token_layout(large, inputs, 1) == [None] * 3   # the centre crop needs the sizes
     sgl_patch.apply(large, small, layer=1, retain=0.25)
     try:
         with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
@@ -270,3 +301,51 @@ def test_cli_show_on_a_saved_llava_next_pair_with_its_processor(tmp_path):
     assert f"kept {keep_count(total, 0.25)} of {total} visual tokens from layer 1" in run.stdout
     picture = Image.open(out)
     assert picture.width > picture.height   # the base view and the grid, side by side
+
+
+def test_llava_with_a_siglip_tower_has_no_cls_token():
+    """llava-interleave's layout: SigLIP has no CLS token, so "full" is the patches alone, over the whole
+    (squashed) image; the batch splitter counts the same tokens per image."""
+    from transformers import LlavaConfig
+
+    config = LlavaConfig(vision_config=dict(model_type="siglip_vision_model", image_size=CROP, patch_size=PATCH),
+                         image_token_index=7, vision_feature_select_strategy="full")
+    model = SimpleNamespace(config=config)
+    per_image = (CROP // PATCH) ** 2
+    ids = torch.tensor([[7] * per_image + [1, 2], [1, 2] + [7] * per_image])
+    assert LLAVA.image_token_layout(model, {"input_ids": ids}, 1, [(40, 90)]) == [[TokenGrid(8, 8)]]
+    assert LLAVA.image_token_layout(model, {"input_ids": torch.tensor([[7] * (per_image + 1)])}, 0, [(40, 90)]) is None
+    pixels = torch.arange(2).view(2, 1, 1, 1).expand(2, 3, CROP, CROP)
+    out = LLAVA.select_samples(model, {"input_ids": ids, "pixel_values": pixels}, torch.tensor([1]))
+    assert out["pixel_values"][:, 0, 0, 0].tolist() == [1]
+
+
+def test_llava_next_video_rows_with_videos_have_no_layout():
+    family = tiny.family("llava_next_video")
+    model = family.model()
+    videos = family.inputs([1, None], video=True)
+    assert adapter_for(model).image_token_layout(model, videos, 0) is None
+    images = family.inputs([family.one])
+    assert token_count(adapter_for(model).image_token_layout(model, images, 0)[0]) == family.visual_tokens(family.one)
+
+
+@pytest.mark.parametrize("size,box", [((40, 80), "padded"), ((80, 40), "padded"), ((40, 80), "centre"),
+                                      ((40, 80), "canvas")])
+def test_picture_shows_each_token_its_region(size, box):
+    """Drawn over the original image, every token's cell shows the part of the image its box names:
+    padding black, a centre crop's middle, a canvas reaching past the image's edge."""
+    height, width = size
+    region = {"padded": padded_square(height, width), "centre": centre_square(height, width),
+              "canvas": (-0.25, 0.0, 1.0, 1.5)}[box]
+    grid = TokenGrid(4, 6, region)
+    picture = np.asarray(outline_kept(coordinate_image(height, width), [grid], range(grid.tokens))).astype(float)
+    cell_h, cell_w = picture.shape[0] / grid.rows, picture.shape[1] / grid.cols
+    want = expected_colours(grid)
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            y, x = int((r + 0.5) * cell_h), int((c + 0.5) * cell_w)
+            centre = picture[y - 2:y + 3, x - 2:x + 3].mean((0, 1))
+            if want[r, c, 2] > 254.9:   # wholly on the image: its colour encodes the cell's centre
+                assert np.abs(centre[:2] - want[r, c, :2]).max() < 6, (r, c, centre, want[r, c])
+            elif want[r, c, 2] == 0:    # wholly off it: black
+                assert centre.max() < 1

@@ -195,9 +195,11 @@ class Adapter:
     def image_token_layout(self, model, inputs: dict, row: int, image_sizes=None):
         """Where sample ``row``'s visual tokens lie in its images, for pictures of what was kept
         (``sgl-patch show``): per image, in token order, a list of ``layout.TokenGrid`` /
-        ``layout.Unplaced`` segments; None where this family does not say.  ``image_sizes``: the
-        row's images' ``(height, width)`` as given to the processor, for families whose inputs do
-        not record it (the regions of a padded or cropped view depend on it)."""
+        ``layout.Unplaced`` segments (None for an image whose layout needs a size not given); None
+        where this family does not say, or where the row's visual tokens are not images alone.
+        ``image_sizes``: ``(height, width)`` of the row's first images (or all) as given to the
+        processor, for families whose inputs do not record it (a cropped, padded or tiled view's
+        regions depend on it)."""
         return None
 
     # -- batches ---------------------------------------------------------------------------
@@ -298,6 +300,12 @@ def _as_tuples(value):
 
 
 # -- helpers for select_items ---------------------------------------------------------------
+def sized(image_sizes, n_images: int) -> list:
+    """``image_sizes`` (sizes of the first images, or None) padded with None to ``n_images``."""
+    sizes = list(image_sizes or [])[:n_images]
+    return sizes + [None] * (n_images - len(sizes))
+
+
 def items_of_samples(tokens_per_sample, tokens_per_item) -> list[range]:
     """Which items (in batch order) belong to each sample.
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter, chosen_items, items_of_samples
+from .base import Adapter, chosen_items, items_of_samples, sized
 from .layout import tiled_image
 
 
@@ -56,15 +56,11 @@ def image_runs(is_visual: torch.Tensor) -> list[int]:
     return runs
 
 
-def tiled_layouts(runs, grid, image_sizes, thumbnail: bool):
-    """Layouts of a row's images from their runs of ``rows x cols``-token tiles (None where the
-    sizes given do not match the images)."""
-    if image_sizes is not None and len(image_sizes) != len(runs):
-        return None
+def tiled_layouts(runs, grid, image_sizes, thumbnail: bool) -> list:
+    """Layouts of a row's images from their runs of ``rows x cols``-token tiles (an image tiled
+    without its size in ``image_sizes`` gets None)."""
     per_tile = grid[0] * grid[1]
-    layouts = [tiled_image(run // per_tile, *grid, image_sizes[i] if image_sizes else None, thumbnail)
-               for i, run in enumerate(runs)]
-    return None if None in layouts else layouts
+    return [tiled_image(run // per_tile, *grid, size, thumbnail) for run, size in zip(runs, sized(image_sizes, len(runs)))]
 
 
 class InternVLAdapter(Adapter):

@@ -91,20 +91,32 @@ def canvas_box(height: int, width: int, canvas_h: int, canvas_w: int, region) ->
     return ((left - pad_x) / new_w, (top - pad_y) / new_h, (right - pad_x) / new_w, (bottom - pad_y) / new_h)
 
 
-def unpadded_grid(unpad, original_size, height: int, width: int, rows: int, cols: int, side: int, crop: int) -> TokenGrid:
+def covered(box, share: float) -> tuple[float, float, float, float]:
+    """The top-left ``share`` of ``box`` per side: what a tower whose patches do not divide its input
+    sees of it (SigLIP's 27 patches of 14 pixels cover 378 of a 384-pixel crop)."""
+    left, top, right, bottom = box
+    return (left, top, left + (right - left) * share, top + (bottom - top) * share)
+
+
+def unpadded_grid(unpad, original_size, height: int, width: int, rows: int, cols: int, side: int, crop: int,
+                  patch: int) -> TokenGrid:
     """LLaVA-NeXT's unpadded anyres grid of a ``height x width`` image cut into ``rows x cols`` crops of
-    ``crop`` pixels and ``side x side`` features: ``unpad`` is the codebase's ``unpad_image``, called
-    with ``original_size`` in its own convention.  Fed feature indices, it shows which rows and
-    columns of the map stay; each kept row ends with a newline token."""
+    ``crop`` pixels, each ``side x side`` features of ``patch`` pixels: ``unpad`` is the codebase's
+    ``unpad_image``, called with ``original_size`` in its own convention on a map of that shape; it
+    cuts as many rows (or columns) from each end, so the offset follows from the shapes.  Each kept
+    row ends with a newline token; a grid unpadding leaves empty has none."""
     import torch
 
-    features = torch.arange(rows * side * cols * side).view(1, rows * side, cols * side)
-    kept = unpad(features, original_size)
-    top, left = divmod(int(kept[0, 0, 0]), cols * side)
-    grid_h, grid_w = kept.shape[1:]
-    pixels = crop // side   # canvas pixels per feature
+    grid_h, grid_w = unpad(torch.empty(0, rows * side, cols * side), original_size).shape[1:]
+    if not grid_h or not grid_w:
+        return TokenGrid(0, 0, WHOLE, newlines=True, view=1)
+    top, left = (rows * side - grid_h) // 2, (cols * side - grid_w) // 2
+
+    def edge(feature: int) -> int:   # canvas pixel where a feature starts: crops tile the canvas, patches a crop
+        return crop * (feature // side) + patch * (feature % side)
+
     box = canvas_box(height, width, rows * crop, cols * crop,
-                     (left * pixels, top * pixels, (left + grid_w) * pixels, (top + grid_h) * pixels))
+                     (edge(left), edge(top), edge(left + grid_w - 1) + patch, edge(top + grid_h - 1) + patch))
     return TokenGrid(grid_h, grid_w, box, newlines=True, view=1)
 
 

@@ -35,7 +35,7 @@ import math
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, take_spans
-from .layout import TokenGrid, Unplaced, padded_square, token_count, unpadded_grid
+from .layout import WHOLE, TokenGrid, Unplaced, covered, padded_square, token_count, unpadded_grid
 
 
 def crop_side(config) -> int:
@@ -67,19 +67,20 @@ def image_layout(config, image_size, patched: bool = True, max_patches: int | No
     # has no llava_next and ``import sgl_patch`` must work there
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-    side, crop = crop_side(config), config.vision_config.image_size
+    side, crop, patch = crop_side(config), config.vision_config.image_size, config.vision_config.patch_size
+    seen = side * patch / crop   # the share of a crop its patches cover
     height, width = (int(s) for s in image_size)
     if not patched:
-        return [TokenGrid(side, side, padded_square(height, width)), Unplaced(1)]
+        return [TokenGrid(side, side, covered(padded_square(height, width), seen)), Unplaced(1)]
     rows, cols = get_anyres_image_grid_shape([height, width], config.image_grid_pinpoints, crop)
-    grid = unpadded_grid(unpad_image, [height, width], height, width, rows, cols, side, crop)
+    grid = unpadded_grid(unpad_image, [height, width], height, width, rows, cols, side, crop, patch)
     if max_patches is not None:
         # LlavaOnevisionModel.pack_image_features: grids over anyres_max_N crops of features are
         # interpolated down to int(h // ratio) x int(w // ratio) (ratio > 1.1 only); same region
         ratio = math.sqrt(grid.rows * grid.cols / (max_patches * side * side))
         if ratio > 1.1:
             grid = dataclasses.replace(grid, rows=int(grid.rows // ratio), cols=int(grid.cols // ratio))
-    return [TokenGrid(side, side), grid]
+    return [TokenGrid(side, side, covered(WHOLE, seen)), grid]
 
 
 class LlavaNextAdapter(Adapter):
@@ -105,8 +106,9 @@ class LlavaNextAdapter(Adapter):
     # -- shared -----------------------------------------------------------------------------
     def image_token_layout(self, model, inputs, row, image_sizes=None):
         config, sizes = model.config, inputs.get("image_sizes")
-        if sizes is None:
-            return None
+        video_id = getattr(config, "video_token_id", None)
+        if sizes is None or (video_id is not None and (inputs["input_ids"][row] == video_id).any()):
+            return None  # a video's tokens may come before or between the images: images only
         patched = self.patched_images(inputs, sizes.shape[0])
         per_image = [self.image_tokens(config, s.tolist(), p) for s, p in zip(sizes, patched)]
         tokens = (inputs["input_ids"] == config.image_token_id).sum(1)

@@ -28,49 +28,55 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter, chosen_items, items_of_samples
-from .layout import TokenGrid, Unplaced, canvas_box, centre_square, padded_square, unpadded_grid
+from .base import Adapter, chosen_items, items_of_samples, sized
+from .layout import WHOLE, TokenGrid, Unplaced, canvas_box, centre_square, covered, padded_square, unpadded_grid
 
 IMAGE_TOKEN_INDEX = -200  # llava.constants
 IGNORE_INDEX = -100
 
 
-def llava_image_layout(model, size, crops: int) -> list:
+def llava_image_layout(model, size, views: int) -> list | None:
     """Where ``prepare_inputs_labels_for_multimodal`` puts the features of one ``size`` (height,
-    width) image of ``crops`` views (0: a 4-D ``images``, one view that is never merged).
+    width) image of ``views`` views (0: a 4-D ``images``, one view that is never merged).
 
     ``process_images`` makes the views: ``pad`` pads the image to a square, ``anyres`` adds to a
     squashed base view the crops of the image fitted onto the best grid canvas, anything else is
     CLIP's shortest-edge resize and centre crop.  ``mm_patch_merge_type`` merges them: ``flat``
-    concatenates every view's patches, ``spatial`` lays the crops out as one map over the canvas,
+    concatenates every view's features, ``spatial`` lays the crops out as one map over the canvas,
     ``spatial_unpad`` also cuts the map's padding and ends each row with ``image_newline`` (and a
-    single view with one).
+    single view with one).  None for what the package itself refuses (``spatial`` crops without anyres).
     """
     from llava.mm_utils import get_anyres_image_grid_shape
     from llava.model.llava_arch import unpad_image
 
     config, tower = model.config, model.get_vision_tower()
-    side, crop = tower.num_patches_per_side, tower.config.image_size
+    side, crop, patch = tower.num_patches_per_side, tower.config.image_size, tower.config.patch_size
+    seen = side * patch / crop   # the share of a view the tower's patches cover
     height, width = size
     merge = getattr(config, "mm_patch_merge_type", "flat")
     aspect = getattr(config, "image_aspect_ratio", "square")
-    single = padded_square(height, width) if aspect == "pad" else centre_square(height, width)
-    if crops <= 1:
-        cls = crops == 0 and getattr(config, "mm_vision_select_feature", "patch") == "cls_patch"
-        newline = crops == 1 and merge.startswith("spatial") and "unpad" in merge
-        return [Unplaced(1)] * cls + [TokenGrid(side, side, single)] + [Unplaced(1)] * newline
+    # the CLS token leads every view's features where it is kept (the spatial merges refuse it)
+    cls = [Unplaced(1)] * (getattr(config, "mm_vision_select_feature", "patch") == "cls_patch")
+    if views <= 1:
+        single = padded_square(height, width) if aspect == "pad" else centre_square(height, width)
+        newline = views == 1 and merge.startswith("spatial") and "unpad" in merge
+        return cls + [TokenGrid(side, side, covered(single, seen))] + [Unplaced(1)] * newline
     if aspect != "anyres":
         return None
     cols, rows = get_anyres_image_grid_shape((width, height), config.image_grid_pinpoints, crop)
-    base = TokenGrid(side, side)   # anyres' base view: the whole image squashed to one crop
+    base = cls + [TokenGrid(side, side, covered(WHOLE, seen))]   # anyres' base view: the whole image squashed
+
+    def crop_box(left, top, right, bottom):
+        return canvas_box(height, width, rows * crop, cols * crop, (left, top, right, bottom))
+
     if merge == "flat":
-        boxes = [canvas_box(height, width, rows * crop, cols * crop, (c * crop, r * crop, (c + 1) * crop, (r + 1) * crop))
-                 for r in range(rows) for c in range(cols)]
-        return [base] + [TokenGrid(side, side, box, view=1) for box in boxes]
-    if "unpad" not in merge:
-        return [base, TokenGrid(rows * side, cols * side, canvas_box(height, width, rows * crop, cols * crop,
-                                                                      (0, 0, cols * crop, rows * crop)), view=1)]
-    return [base, unpadded_grid(unpad_image, (width, height), height, width, rows, cols, side, crop)]
+        return base + [segment for r in range(rows) for c in range(cols) for segment in
+                       cls + [TokenGrid(side, side, crop_box(c * crop, r * crop, c * crop + side * patch,
+                                                             r * crop + side * patch), view=1)]]
+    if "unpad" not in merge:   # one map over the canvas, spaced evenly (a crop's uncovered edge is < 1 patch)
+        return base + [TokenGrid(rows * side, cols * side, crop_box(0, 0, (cols - 1) * crop + side * patch,
+                                                                      (rows - 1) * crop + side * patch), view=1)]
+    return base + [unpadded_grid(unpad_image, (width, height), height, width, rows, cols, side, crop, patch)]
 
 
 class LlavaTorchAdapter(Adapter):
@@ -120,12 +126,12 @@ class LlavaTorchAdapter(Adapter):
         if not (ids[row] == IMAGE_TOKEN_INDEX).any():
             return []   # the row's entry of ``images`` is consumed, not shown
         sizes = inputs.get("image_sizes")   # llava's are PIL (width, height)
-        sizes = [tuple(sizes[i])[::-1] for i in owned] if sizes is not None else image_sizes
-        if sizes is None or len(sizes) != len(owned):
-            return None
-        # a list or a 5-D tensor goes through the crop-merging path; a 4-D one is one view per image
-        crops = [images[i].shape[0] if isinstance(images, list) or images.dim() == 5 else 0 for i in owned]
-        return [llava_image_layout(model, size, n) for size, n in zip(sizes, crops)]
+        sizes = [tuple(sizes[i])[::-1] for i in owned] if sizes is not None else sized(image_sizes, len(owned))
+        # a list or a 5-D tensor goes through the view-merging path (a 3-D entry is one view); a 4-D
+        # tensor is one unmerged view per image
+        merged = isinstance(images, list) or images.dim() == 5
+        views = [(images[i].shape[0] if images[i].dim() == 4 else 1) if merged else 0 for i in owned]
+        return [llava_image_layout(model, size, n) if size else None for size, n in zip(sizes, views)]
 
     def load_small(self, large, path):
         # the vision tower loads its weights in load_model(), which load_pretrained_model calls

@@ -114,9 +114,44 @@ def test_llava_layouts_of_a_padded_batch(llava):
     tokenizer, model, processor, _ = llava["v1.5"]
     batch = lt.inputs(tokenizer, processor, model.config, SIZES[:2], dtype=model.dtype)
     del batch["image_sizes"]
-    assert ADAPTER.image_token_layout(model, batch, 1) is None
+    assert ADAPTER.image_token_layout(model, batch, 1) == [None]
     assert ADAPTER.image_token_layout(model, batch, 1, image_sizes=[(16, 32)]) == [
         [TokenGrid(4, 4, (0.0, -0.5, 1.0, 1.5))]]
+    # images as a list of 3-D tensors: each one view through the merging path ("flat": no newline)
+    batch["images"] = list(batch["images"])
+    assert ADAPTER.image_token_layout(model, batch, 1, image_sizes=[(16, 32)]) == [
+        [TokenGrid(4, 4, (0.0, -0.5, 1.0, 1.5))]]
+
+
+@pytest.mark.parametrize("merge", ["flat", "spatial", "spatial_unpad"])
+def test_llava_16_merges_count_what_the_splice_writes(llava, merge):
+    """Every ``mm_patch_merge_type`` of an anyres checkpoint: the layout has as many tokens as the
+    package's splice writes for the image, and under ``flat`` each crop's grid shows its region."""
+    from llava.mm_utils import process_images
+
+    from sgl_patch.adapters.llava_torch import ADAPTER
+    from sgl_patch.tiny import llava_torch as lt
+
+    tokenizer, model, processor, _ = llava["v1.6"]
+    saved = model.config.mm_patch_merge_type
+    model.config.mm_patch_merge_type = merge
+    try:
+        for size in SIZES:
+            batch = lt.inputs(tokenizer, processor, model.config, [size], dtype=model.dtype)
+            embeds = model.prepare_inputs_labels_for_multimodal(batch["input_ids"], None, None, None, None,
+                                                                batch["images"], image_sizes=batch["image_sizes"])[4]
+            [layout] = ADAPTER.image_token_layout(model, batch, 0)
+            text = int((batch["input_ids"][0] != lt.IMAGE_TOKEN_INDEX).sum())
+            assert token_count(layout) == embeds.shape[1] - text, (merge, size)
+            if merge == "flat":
+                width, height = size
+                crops = process_images([coordinate_image(height, width)], raw_processor(processor),
+                                       model.config)[0].numpy()
+                assert len(layout) == len(crops)
+                for grid, pixels in zip(layout, crops):
+                    assert_matches(grid, pixels)
+    finally:
+        model.config.mm_patch_merge_type = saved
 
 
 def test_internvl2_tiles_follow_the_runs_and_the_thumbnail_setting():
