@@ -211,17 +211,23 @@ def test_picture_of_two_views_outlines_kept_tokens_and_skips_newlines():
         assert (pixel == (200, 180, 160)).all() if bright else (pixel <= np.array([200, 180, 160]) * DIM + 1).all()
 
 
-def test_picture_of_kept_on_a_tiny_llava_next_batch():
-    """SGL's kept tokens of a real generate on an anyres image land in its two views."""
-    family = tiny.family("llava_next")
-    small, large = family.pair()
-    inputs = family.inputs([family.one])
-    sgl_patch.apply(large, small, layer=1, retain=0.25)
+def kept_by_sgl(large, small, inputs, retain: float = 0.25) -> list:
+    """Per sample, the visual tokens SGL kept from layer 1 in a real ``generate``."""
+    sgl_patch.apply(large, small, layer=1, retain=retain)
     try:
         with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
             large.generate(**inputs, max_new_tokens=2, do_sample=False)
     finally:
         sgl_patch.remove(large)
+    return kept
+
+
+def test_picture_of_kept_on_a_tiny_llava_next_batch():
+    """SGL's kept tokens of a real generate on an anyres image land in its two views."""
+    family = tiny.family("llava_next")
+    small, large = family.pair()
+    inputs = family.inputs([family.one])
+    kept = kept_by_sgl(large, small, inputs)
     height, width = family.one
     [layout] = adapter_for(large).image_token_layout(large, inputs, 0)
     assert len(kept[0]) == keep_count(token_count(layout), 0.25)
@@ -241,12 +247,7 @@ def test_llava_layout_places_every_kept_token_in_an_image():
     assert [adapter.image_token_layout(large, inputs, row, square) for row in (0, 1)] == [[[TokenGrid(side, side)]],
                                                                                           [[TokenGrid(side, side)]] * 3]
     assert adapter.image_token_layout(large, inputs, 1) == [None] * 3   # the centre crop needs the sizes
-    sgl_patch.apply(large, small, layer=1, retain=0.25)
-    try:
-        with torch.no_grad(), sgl_patch.kept_visual_tokens() as kept:
-            large.generate(**inputs, max_new_tokens=2, do_sample=False)
-    finally:
-        sgl_patch.remove(large)
+    kept = kept_by_sgl(large, small, inputs)
     for row, images in ((0, 1), (1, 3)):
         assert len(kept[row]) == keep_count(images * side * side, 0.25)
         assert all(0 <= i < images * side * side for i in kept[row])
