@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, sized
-from .layout import tiled_image
+from .layout import TokenGrid, tiles
 
 
 def tokens_per_tile(config) -> int:
@@ -61,6 +61,33 @@ def tiled_layouts(runs, grid, image_sizes, thumbnail: bool) -> list:
     without its size in ``image_sizes`` gets None)."""
     per_tile = grid[0] * grid[1]
     return [tiled_image(run // per_tile, *grid, size, thumbnail) for run, size in zip(runs, sized(image_sizes, len(runs)))]
+
+
+def tile_arrangement(n_tiles: int, height: int, width: int) -> tuple[int, int]:
+    """``(rows, cols)`` of InternVL's dynamic tiling (``dynamic_preprocess`` of the InternVL
+    checkpoints, ``crop_image_to_patches`` of transformers' InternVL processor) that cut an image of
+    ``height x width`` into ``n_tiles``: both pick the arrangement whose ``cols / rows`` is closest to
+    the image's aspect ratio; the tile count, read from the prompt, narrows the choice to its
+    factorisations.  (Where two factorisations lie exactly as close, which the processors break by
+    their iteration order, the one with fewer columns is taken.)"""
+    aspect = width / height
+    arrangements = [(n_tiles // cols, cols) for cols in range(1, n_tiles + 1) if n_tiles % cols == 0]
+    return min(arrangements, key=lambda rc: abs(aspect - rc[1] / rc[0]))
+
+
+def tiled_image(n_tiles: int, rows: int, cols: int, image_size=None, thumbnail: bool = True) -> list | None:
+    """InternVL's layout of one image cut into ``n_tiles`` tiles of ``rows x cols`` tokens: the tiles
+    row after row (each the image resized to the arrangement and cut), then, when there are several
+    and ``thumbnail``, the whole image squashed into one more.  None where the arrangement needs the
+    image's size and ``image_size`` (height, width) is not given."""
+    if n_tiles == 1:
+        return [TokenGrid(rows, cols)]
+    crops = n_tiles - thumbnail
+    if image_size is None:
+        return None
+    grid_rows, grid_cols = tile_arrangement(crops, *image_size)
+    layout = [TokenGrid(rows, cols, box, view=1) for box in tiles(grid_rows, grid_cols)]
+    return layout + [TokenGrid(rows, cols)] * thumbnail
 
 
 class InternVLAdapter(Adapter):

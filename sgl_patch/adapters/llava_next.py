@@ -35,7 +35,7 @@ import math
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, take_spans
-from .layout import WHOLE, TokenGrid, Unplaced, covered, padded_square, token_count, unpadded_grid
+from .layout import WHOLE, TokenGrid, Unplaced, covered, padded_square, token_count
 
 
 def crop_side(config) -> int:
@@ -50,6 +50,40 @@ def crops_per_image(config, image_size, patched: bool = True) -> int:
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
     return image_size_to_num_patches(list(image_size), config.image_grid_pinpoints, config.vision_config.image_size)
+
+
+def canvas_box(height: int, width: int, canvas_h: int, canvas_w: int, region) -> tuple[float, float, float, float]:
+    """The box of ``region`` (left, top, right, bottom in pixels of a ``canvas_h x canvas_w`` canvas) in
+    fractions of a ``height x width`` image that was resized to fit the canvas, aspect ratio kept, and
+    centred on it: the anyres canvas of LLaVA-1.6 (``resize_and_pad_image``) and of transformers'
+    LLaVA-NeXT / OneVision processors (``get_patch_output_size``, then centred padding)."""
+    if canvas_w / width < canvas_h / height:
+        new_w, new_h = canvas_w, min(math.ceil(height * canvas_w / width), canvas_h)
+    else:
+        new_w, new_h = min(math.ceil(width * canvas_h / height), canvas_w), canvas_h
+    pad_x, pad_y = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
+    left, top, right, bottom = region
+    return ((left - pad_x) / new_w, (top - pad_y) / new_h, (right - pad_x) / new_w, (bottom - pad_y) / new_h)
+
+
+def unpadded_grid(unpad, original_size, height: int, width: int, rows: int, cols: int, side: int, crop: int,
+                  patch: int) -> TokenGrid:
+    """LLaVA-NeXT's unpadded anyres grid of a ``height x width`` image cut into ``rows x cols`` crops of
+    ``crop`` pixels, each ``side x side`` features of ``patch`` pixels: ``unpad`` is the codebase's
+    ``unpad_image``, called with ``original_size`` in its own convention on a map of that shape; it
+    cuts as many rows (or columns) from each end, so the offset follows from the shapes.  Each kept
+    row ends with a newline token; a grid unpadding leaves empty has none."""
+    grid_h, grid_w = unpad(torch.empty(0, rows * side, cols * side), original_size).shape[1:]
+    if not grid_h or not grid_w:
+        return TokenGrid(0, 0, WHOLE, newlines=True, view=1)
+    top, left = (rows * side - grid_h) // 2, (cols * side - grid_w) // 2
+
+    def edge(feature: int) -> int:   # canvas pixel where a feature starts: crops tile the canvas, patches a crop
+        return crop * (feature // side) + patch * (feature % side)
+
+    box = canvas_box(height, width, rows * crop, cols * crop,
+                     (edge(left), edge(top), edge(left + grid_w - 1) + patch, edge(top + grid_h - 1) + patch))
+    return TokenGrid(grid_h, grid_w, box, newlines=True, view=1)
 
 
 def image_layout(config, image_size, patched: bool = True, max_patches: int | None = None) -> list:

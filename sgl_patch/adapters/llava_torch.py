@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, chosen_items, items_of_samples, sized
-from .layout import WHOLE, TokenGrid, Unplaced, canvas_box, centre_square, covered, padded_square, unpadded_grid
+from .layout import WHOLE, TokenGrid, Unplaced, centre_square, covered, padded_square
+from .llava_next import canvas_box, unpadded_grid
 
 IMAGE_TOKEN_INDEX = -200  # llava.constants
 IGNORE_INDEX = -100
