@@ -2,8 +2,10 @@
 
 The large model runs with SGL applied; ``sgl_patch.kept_visual_tokens`` says which of the image's
 tokens layers K.. saw, and the family's adapter says where each token lies in the image
-(``Adapter.image_token_layout``).  Kept tokens are outlined, dropped ones dimmed.  Without
-``--model`` it shows a held-out scene of the lab's trained pair.
+(``Adapter.image_token_layout``): grids over regions of the image, one panel per view the model
+read (a base view and its anyres grid, InternVL's tiles and thumbnail), drawn side by side.  Kept
+tokens are outlined, dropped ones dimmed; tokens that lie nowhere (newlines, CLS) are not drawn.
+Without ``--model`` it shows a held-out scene of the lab's trained pair.
 """
 
 from __future__ import annotations
