@@ -16,24 +16,27 @@ def _grid_side(config) -> int:
     return config.vision_config.image_size // config.vision_config.patch_size
 
 
+def _is_clip(config) -> bool:
+    return config.vision_config.model_type.startswith("clip")
+
+
 def _has_cls(config) -> bool:
     """Whether each image's tokens start with the tower's CLS token: a CLIP tower under the "full"
     strategy (SigLIP towers have none; "default" drops it)."""
-    return config.vision_config.model_type.startswith("clip") and config.vision_feature_select_strategy == "full"
+    return _is_clip(config) and config.vision_feature_select_strategy == "full"
 
 
 class LlavaAdapter(Adapter):
     def image_token_layout(self, model, inputs, row, image_sizes=None):
         config = model.config
         side, cls = _grid_side(config), _has_cls(config)
-        clip = config.vision_config.model_type.startswith("clip")
         tokens = int((inputs["input_ids"][row] == config.image_token_index).sum())
         if tokens % (side * side + cls):
             return None
         # llava-1.5-hf's CLIP processor resizes the shortest edge and crops the centre square;
         # SigLIP's (llava-interleave) squashes the whole image
         return [None if size is None else
-                [Unplaced(1)] * cls + [TokenGrid(side, side, centre_square(*size) if clip else WHOLE)]
+                [Unplaced(1)] * cls + [TokenGrid(side, side, centre_square(*size) if _is_clip(config) else WHOLE)]
                 for size in sized(image_sizes, tokens // (side * side + cls))]
 
     def select_items(self, model, inputs, index, out):

@@ -95,7 +95,7 @@ def image_layout(config, image_size, patched: bool = True, max_patches: int | No
     only, then one newline); ``max_patches`` its ``anyres_max_N`` downsampling of large grids.  The
     grid arithmetic is the model's own: ``get_anyres_image_grid_shape`` and ``unpad_image`` from
     ``modeling_llava_next``; where the image lies on the canvas the crops were cut from is the image
-    processors' (``layout.canvas_box``).
+    processors' (``canvas_box``).
     """
     # module-level helpers of modeling_llava_next, imported here because transformers before 4.39
     # has no llava_next and ``import sgl_patch`` must work there
@@ -144,10 +144,9 @@ class LlavaNextAdapter(Adapter):
         if sizes is None or (video_id is not None and (inputs["input_ids"][row] == video_id).any()):
             return None  # a video's tokens may come before or between the images: images only
         patched = self.patched_images(inputs, sizes.shape[0])
-        per_image = [self.image_tokens(config, s.tolist(), p) for s, p in zip(sizes, patched)]
+        layouts = [self.image_layout(config, s.tolist(), p) for s, p in zip(sizes, patched)]
         tokens = (inputs["input_ids"] == config.image_token_id).sum(1)
-        return [self.image_layout(config, sizes[i].tolist(), patched[i])
-                for i in items_of_samples(tokens, per_image)[row]]
+        return [layouts[i] for i in items_of_samples(tokens, [token_count(l) for l in layouts])[row]]
 
     def select_items(self, model, inputs, index, out):
         config = model.config
